@@ -1,0 +1,117 @@
+"""Log-Gamma colour mapping, sRGB <-> linear, Rec.709 luminance and preview tone mapping.
+
+Every function here is pure and accepts numpy arrays or torch tensors alike.
+
+Log-Gamma ("lg", the authors' ``Lin_to_Log``), for linear radiance x >= 0::
+
+    N       = ln(gamma * M + 1)
+    encode  y = ( ln(gamma * min(x, M) + 1) / N ) ** (1 / gamma)       y in [0, 1]
+    decode  x = ( exp(y ** gamma * N) - 1 ) / gamma
+
+and the VAE sees v = 2y - 1 in [-1, 1]. The log spends code values evenly per stop
+of bright light; the outer 1/gamma power gives the darkest stops more room than a
+pure log would, so 8-bit-clipped shadows and 1000x highlights both fit the VAE's
+range. Values above M saturate at y = 1 (never NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# Rec.709 / sRGB primaries, D65 (x, y) for R, G, B, white: the EXR chromaticities we write.
+REC709_CHROMATICITIES = (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290)
+REC709_LUMA = (0.2126, 0.7152, 0.0722)
+
+
+def _is_torch(x) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _clip(x, lo=None, hi=None):
+    if _is_torch(x):
+        return torch.clamp(x, min=lo, max=hi)
+    return np.clip(x, lo, hi)
+
+
+def _log1p(x):
+    return torch.log1p(x) if _is_torch(x) else np.log1p(x)
+
+
+def _expm1(x):
+    return torch.expm1(x) if _is_torch(x) else np.expm1(x)
+
+
+def _where(c, a, b):
+    return torch.where(c, a, b) if _is_torch(c) else np.where(c, a, b)
+
+
+def log_gamma_norm(gamma: float, M: float) -> float:
+    """N = ln(gamma * M + 1), the constant that puts x = M at y = 1."""
+    return math.log(gamma * M + 1.0)
+
+
+def log_gamma_encode(x, gamma: float = 2.2, M: float = 1000.0):
+    """Linear radiance (>= 0) -> Log-Gamma code value y in [0, 1]."""
+    n = log_gamma_norm(gamma, M)
+    x = _clip(x, 0.0, M)
+    return (_log1p(gamma * x) / n) ** (1.0 / gamma)
+
+
+def log_gamma_decode(y, gamma: float = 2.2, M: float = 1000.0):
+    """Log-Gamma code value y -> linear radiance; y < 0 is treated as 0 (black)."""
+    n = log_gamma_norm(gamma, M)
+    y = _clip(y, 0.0, None)
+    return _expm1(y**gamma * n) / gamma
+
+
+def to_vae_range(y):
+    """[0, 1] code value -> [-1, 1], the range the Wan VAE was trained on."""
+    return 2.0 * y - 1.0
+
+
+def from_vae_range(v):
+    """[-1, 1] VAE output -> [0, 1] code value. No upper clamp, as in the release."""
+    return 0.5 * v + 0.5
+
+
+def srgb_to_linear(s):
+    """IEC 61966-2-1 sRGB EOTF: encoded [0, 1] -> linear [0, 1]."""
+    s = _clip(s, 0.0, 1.0)
+    return _where(s <= 0.04045, s / 12.92, ((s + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x):
+    """IEC 61966-2-1 inverse EOTF: linear -> encoded, clipped to [0, 1]."""
+    x = _clip(x, 0.0, 1.0)
+    return _where(x <= 0.0031308, 12.92 * x, 1.055 * _clip(x, 0.0031308, None) ** (1 / 2.4) - 0.055)
+
+
+def luminance(rgb, channel_axis: int = -1):
+    """Rec.709 relative luminance Y of linear RGB along `channel_axis`."""
+    r, g, b = (rgb.select(channel_axis, i) if _is_torch(rgb) else np.take(rgb, i, axis=channel_axis) for i in range(3))
+    return REC709_LUMA[0] * r + REC709_LUMA[1] * g + REC709_LUMA[2] * b
+
+
+def reinhard_global(rgb, key: float = 0.18, white: float | None = None, channel_axis: int = -1, eps: float = 1e-6):
+    """Global Reinhard tone mapping (Reinhard et al. 2002) of linear RGB, with one scale for
+    the whole input. Pass a whole video so the exposure does not flicker between frames.
+
+    L = key / exp(mean(log(eps + Y))) * Y;  Ld = L (1 + L / white^2) / (1 + L);  RGB * Ld / Y.
+    `white` defaults to the largest scaled luminance (so it maps to 1). Returns linear [0, 1].
+    """
+    y = luminance(rgb, channel_axis)
+    if _is_torch(y):
+        log_avg = torch.exp(torch.log(eps + y).mean())
+    else:
+        log_avg = float(np.exp(np.log(eps + y).mean()))
+    lum = key / log_avg * y
+    if white is None:
+        white = float(lum.max())
+    white = max(float(white), eps)
+    ld = lum * (1 + lum / white**2) / (1 + lum)
+    ratio = ld / (y + eps)
+    ratio = ratio.unsqueeze(channel_axis) if _is_torch(ratio) else np.expand_dims(ratio, channel_axis)
+    return _clip(rgb * ratio, 0.0, 1.0)

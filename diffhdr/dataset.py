@@ -1,0 +1,269 @@
+"""HDRVideoDataset: sequences of linear EXR frames -> (HDR target, synthetic LDR condition, masks, caption).
+
+Layout (spec)::
+
+    <root>/sequence_xxx/frame_00000.exr ... frame_00080.exr, caption.txt,
+                        latents/clip_0000_latent.pt ...
+    <root>/latent_config.json            gamma, M, resolution the latents were made with
+
+Items are addressed by a *draw number* d = 0, 1, 2, ...: the sequence is the d-th entry of a
+per-epoch permutation and every random choice (clip start, crop, flip, EV, noise) comes from a
+generator seeded by (seed, d). So the data stream is a pure function of the step count, which is
+what makes resume exact and multi-process sampling disjoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .color_mapping import log_gamma_encode, srgb_to_linear, to_vae_range
+from .config import Config
+from .data_augmentation import grey_fill, synthesize_ldr
+from .io import InputError, read_hdr_image
+from .mask_detection import combine, detect_masks
+from .prompting import NULL_CAPTION, parse_caption, training_prompt
+
+log = logging.getLogger(__name__)
+
+LATENT_CONFIG = "latent_config.json"
+_LATENT_NAME = re.compile(r"clip_(\d{4})_latent\.pt$")
+
+
+def latent_path(seq_dir: Path, start: int) -> Path:
+    return seq_dir / "latents" / f"clip_{start:04d}_latent.pt"
+
+
+def list_sequences(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: dataset root not found")
+    seqs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not seqs:
+        raise InputError(f"{root}: no sequence folders")
+    return seqs
+
+
+def split_sequences(seqs: list[Path], val_split: int, split: str) -> list[Path]:
+    """The last `val_split` sequences (sorted) are validation; the rest train."""
+    if val_split >= len(seqs) and split == "train":
+        raise InputError(
+            f"{seqs[0].parent}: {len(seqs)} sequences but data.val_split={val_split} holds them all out; "
+            "reduce data.val_split"
+        )
+    if split == "train":
+        return seqs[: len(seqs) - val_split] if val_split else seqs
+    if split == "val":
+        return seqs[len(seqs) - val_split :] if val_split else []
+    raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+
+
+def check_radiance(frame: np.ndarray, path: Path, policy: str) -> np.ndarray:
+    bad_nan = int(np.isnan(frame).sum())
+    bad_inf = int(np.isinf(frame).sum())
+    bad_neg = int((frame < 0).sum())
+    if bad_nan or bad_inf or bad_neg:
+        if policy == "error":
+            raise InputError(
+                f"{path}: {bad_nan} NaN, {bad_inf} Inf and {bad_neg} negative values "
+                "(set data.invalid_pixels: clamp to replace them with 0)"
+            )
+        frame = np.nan_to_num(frame, nan=0.0, posinf=0.0, neginf=0.0).clip(0, None)
+    return frame
+
+
+def read_frames(seq_dir: Path, pattern: str, start: int, count: int, policy: str = "error") -> torch.Tensor:
+    """Frames start..start+count-1 as linear float32 (T, 3, H, W)."""
+    frames, size = [], None
+    for i in range(start, start + count):
+        path = seq_dir / (pattern % i)
+        if not path.is_file():
+            raise InputError(f"{path}: frame {i} is missing")
+        img = check_radiance(read_hdr_image(path), path, policy)
+        if size is None:
+            size = img.shape
+        elif img.shape != size:
+            raise InputError(f"{path}: frame is {img.shape[1]}x{img.shape[0]}, earlier frames {size[1]}x{size[0]}")
+        frames.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
+    return torch.stack(frames)
+
+
+def count_frames(seq_dir: Path, pattern: str) -> int:
+    n = 0
+    while (seq_dir / (pattern % n)).is_file():
+        n += 1
+    return n
+
+
+def resize_to_cover(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Downscale (T, C, H, W) so it still covers h x w (never upscale)."""
+    s = max(h / x.shape[-2], w / x.shape[-1])
+    if s >= 1.0:
+        return x
+    size = (max(h, round(x.shape[-2] * s)), max(w, round(x.shape[-1] * s)))
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def crop_offsets(H: int, W: int, h: int, w: int, g: torch.Generator | None) -> tuple[int, int]:
+    """Centre crop when g is None (cached latents need it), else a random crop."""
+    if g is None:
+        return (H - h) // 2, (W - w) // 2
+    top = int(torch.randint(0, H - h + 1, (), generator=g))
+    left = int(torch.randint(0, W - w + 1, (), generator=g))
+    return top, left
+
+
+def read_caption(seq_dir: Path) -> str:
+    path = seq_dir / "caption.txt"
+    if not path.is_file():
+        log.warning("%s: no caption.txt; using the null caption (run scripts/generate_captions.py)", seq_dir)
+        return NULL_CAPTION
+    cap = parse_caption(path.read_text())
+    if cap is None:
+        log.warning("%s: not in the [Overexposed: ...]; [Underexposed: ...] format; using the null caption", path)
+        return NULL_CAPTION
+    return cap.text()
+
+
+def read_latent_config(root: Path) -> dict | None:
+    path = root / LATENT_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+
+
+def check_latent_config(root: Path, gamma: float, M: float, resolution: list[int]) -> None:
+    """Refuse cached latents made with another gamma/M/resolution: they would be silent garbage."""
+    lc = read_latent_config(root)
+    if lc is None:
+        return
+    want = {"gamma": gamma, "M": M, "clip_frames": resolution[0], "resolution": list(resolution[1:])}
+    for k, v in want.items():
+        if k in lc and (lc[k] != v if not isinstance(v, float) else abs(float(lc[k]) - v) > 1e-9):
+            raise InputError(
+                f"{root / LATENT_CONFIG}: cached latents were made with {k}={lc[k]}, the config says {v}; "
+                "delete the latents/ folders and rerun scripts/precompute_hdr_latents.py"
+            )
+
+
+@dataclass
+class Item:
+    target: torch.Tensor | None  # (3, T, H, W) Log-Gamma HDR in [-1, 1]; None when `latent` is cached
+    latent: torch.Tensor | None  # (16, T', H/8, W/8) cached VAE latent of `target`
+    control: torch.Tensor  # (3, T, H, W) Log-Gamma of the linearised LDR, in [-1, 1]
+    mask: torch.Tensor  # (T, H, W) binary over ∪ under
+    prompt: str
+    ev: int
+    sequence: str
+    start: int
+
+
+def collate(items: list[Item]) -> dict:
+    stack = lambda xs: None if xs[0] is None else torch.stack(xs)  # noqa: E731
+    return {
+        "target": stack([i.target for i in items]),
+        "latent": stack([i.latent for i in items]),
+        "control": stack([i.control for i in items]),
+        "mask": stack([i.mask for i in items]),
+        "prompt": [i.prompt for i in items],
+        "ev": [i.ev for i in items],
+        "sequence": [i.sequence for i in items],
+        "start": [i.start for i in items],
+    }
+
+
+class HDRVideoDataset(torch.utils.data.Dataset):
+    """Map-style over draw numbers (any int >= 0); `len` is the number of sequences."""
+
+    def __init__(self, cfg: Config, split: str = "train", seed: int | None = None, use_cache: bool = True):
+        self.cfg = cfg
+        self.root = Path(cfg.data.dataset_root)
+        self.seqs = split_sequences(list_sequences(self.root), cfg.data.val_split, split)
+        self.split = split
+        self.seed = cfg.training.seed if seed is None else seed
+        self.clip_frames, self.h, self.w = cfg.training.resolution
+        self.cached_starts: dict[Path, list[int]] = {}
+        if use_cache:
+            check_latent_config(self.root, cfg.color_mapping.gamma, cfg.color_mapping.M, cfg.training.resolution)
+            for s in self.seqs:
+                d = s / "latents"
+                if d.is_dir():
+                    starts = sorted(int(m.group(1)) for p in d.iterdir() if (m := _LATENT_NAME.match(p.name)))
+                    if starts:
+                        self.cached_starts[s] = starts
+        if self.cached_starts and self.cached_starts.keys() != set(self.seqs):
+            log.warning("latents cached for %d of %d sequences", len(self.cached_starts), len(self.seqs))
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def sequence_for(self, draw: int) -> Path:
+        n = len(self.seqs)
+        epoch, k = divmod(draw, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+        return self.seqs[int(perm[k])] if self.split == "train" else self.seqs[draw % n]
+
+    def __getitem__(self, draw: int) -> Item:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(draw))
+        seq = self.sequence_for(int(draw))
+        cfg, T = self.cfg, self.clip_frames
+        cached = self.cached_starts.get(seq)
+        if cached:
+            start = cached[int(torch.randint(0, len(cached), (), generator=g))]
+        else:
+            n = count_frames(seq, cfg.data.frame_pattern)
+            if n != cfg.data.sequence_frames:
+                raise InputError(
+                    f"{seq}: {n} frames matching {cfg.data.frame_pattern}, expected data.sequence_frames="
+                    f"{cfg.data.sequence_frames}"
+                )
+            start = int(torch.randint(0, n - T + 1, (), generator=g))
+        hdr = read_frames(seq, cfg.data.frame_pattern, start, T, cfg.data.invalid_pixels)  # (T, 3, H, W)
+        H, W = hdr.shape[-2:]
+        if H < self.h or W < self.w:
+            raise InputError(f"{seq}: frames are {W}x{H}, smaller than the {self.w}x{self.h} training crop")
+        hdr = resize_to_cover(hdr, self.h, self.w)
+        top, left = crop_offsets(hdr.shape[-2], hdr.shape[-1], self.h, self.w, None if cached else g)
+        hdr = hdr[..., top : top + self.h, left : left + self.w]
+        flip = cfg.data.hflip and bool(torch.rand((), generator=g) < 0.5)
+        if flip:
+            hdr = hdr.flip(-1)
+
+        latent = None
+        if cached:
+            latent = torch.load(latent_path(seq, start), map_location="cpu", weights_only=True).float()
+            if flip:
+                latent = latent.flip(-1)
+        # A cached latent pins the target's exposure, so the LDR is made at EV 0 to match it.
+        sample = synthesize_ldr(hdr, g, cfg.augmentation, ev=0 if cached else None)
+        over, under = detect_masks(sample.ldr, cfg.masks, training=True)
+        mask = combine(over, under, cfg.masks.use_under)
+        ldr = grey_fill(sample.ldr, over, under, g, cfg.augmentation, cfg.masks.use_under)
+        gm = (cfg.color_mapping.gamma, cfg.color_mapping.M)
+        control = to_vae_range(log_gamma_encode(srgb_to_linear(ldr), *gm)).permute(1, 0, 2, 3)
+        target = None if cached else to_vae_range(log_gamma_encode(sample.hdr, *gm)).permute(1, 0, 2, 3)
+        prompt = training_prompt(read_caption(seq), float(torch.rand((), generator=g)), cfg.training.prompt_mix)
+        return Item(target, latent, control.contiguous(), mask, prompt, sample.ev, seq.name, start)
+
+
+class DrawSampler(torch.utils.data.Sampler):
+    """Endless draw numbers start, start+1, ... for one process of `world` (rank-strided)."""
+
+    def __init__(self, start: int = 0, rank: int = 0, world: int = 1):
+        self.start, self.rank, self.world = start, rank, world
+
+    def __iter__(self):
+        d = self.start * self.world + self.rank
+        while True:
+            yield d
+            d += self.world

@@ -1,0 +1,108 @@
+"""Structured exposure captions and their text embeddings.
+
+Caption format (spec):  ``[Overexposed: <bright areas>]; [Underexposed: <dark areas>]``,
+case-insensitive; a missing part reads as ``none``. Training encodes the whole caption as one
+embedding; CFA at inference uses three (null, over, under):
+
+    null  = ""                                              (the unconditional text)
+    over  = "[Overexposed: <over>]; [Underexposed: none]"   (still in the training format)
+    under = "[Overexposed: none]; [Underexposed: <under>]"
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+NULL_CAPTION = "[Overexposed: none]; [Underexposed: none]"
+_PART = re.compile(r"\[\s*(over|under)[\s-]*exposed\s*:\s*(.*?)\s*\]", re.IGNORECASE | re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Caption:
+    over: str = "none"
+    under: str = "none"
+
+    def text(self) -> str:
+        return format_caption(self.over, self.under)
+
+
+def format_caption(over: str = "none", under: str = "none") -> str:
+    return f"[Overexposed: {over.strip() or 'none'}]; [Underexposed: {under.strip() or 'none'}]"
+
+
+def parse_caption(text: str) -> Caption | None:
+    """Parse a structured caption; None if neither part is present."""
+    parts = {m.group(1).lower(): " ".join(m.group(2).split()) for m in _PART.finditer(text)}
+    if not parts:
+        return None
+    return Caption(over=parts.get("over") or "none", under=parts.get("under") or "none")
+
+
+def parse_prompt(text: str) -> Caption:
+    """Parse a user prompt. Free text (no [Overexposed: ...] parts) is used for both regions,
+    with a warning: it then guides the over- and the under-exposed areas alike."""
+    cap = parse_caption(text)
+    if cap is None:
+        if text.strip():
+            log.warning(
+                "prompt is not in the '[Overexposed: ...]; [Underexposed: ...]' format; "
+                "using it as the description of both regions"
+            )
+        cap = Caption(over=text.strip() or "none", under=text.strip() or "none")
+    return cap
+
+
+def repair_caption(text: str) -> str:
+    """Turn a captioner's answer into the structured format. Keeps parts that parse; otherwise
+    looks for 'over...:'/'under...:' phrases; else puts the whole text under Overexposed."""
+    cap = parse_caption(text)
+    if cap is None:
+        loose = re.findall(r"(over|under)[\s-]*exposed[^:]*:\s*([^\n;\]]*)", text, re.IGNORECASE)
+        parts = {k.lower(): v.strip().strip(".") for k, v in loose if v.strip()}
+        if parts:
+            cap = Caption(parts.get("over", "none"), parts.get("under", "none"))
+        else:
+            cap = Caption(" ".join(text.split()).strip(".") or "none", "none")
+    return cap.text()
+
+
+def cfa_prompts(cap: Caption) -> tuple[str, str, str]:
+    """The (null, over, under) texts for Context-Focused Cross-Attention."""
+    return "", format_caption(cap.over, "none"), format_caption("none", cap.under)
+
+
+def training_prompt(caption: str, u: float, mix: str) -> str:
+    """The text a training sample is conditioned on. "caption": always the caption (the spec).
+    "reference": the release's mix: 25% "" , 50% caption, 25% "" (its scene-caption T2V share,
+    12.5%, becomes "" here since our captions have no scene description)."""
+    if mix == "caption":
+        return caption
+    return caption if 0.25 <= u < 0.75 else ""
+
+
+def encode_prompts(
+    tokenizer, text_encoder, prompts: list[str], max_sequence_length: int = 512, device=None
+) -> torch.Tensor:
+    """UMT5 embeddings (B, L, D), zeroed past each prompt's length, as WanVACEPipeline makes them."""
+    from diffusers.pipelines.wan.pipeline_wan_vace import prompt_clean
+
+    device = device or text_encoder.device
+    inputs = tokenizer(
+        [prompt_clean(p) for p in prompts],
+        padding="max_length",
+        max_length=max_sequence_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    ids, mask = inputs.input_ids.to(device), inputs.attention_mask.to(device)
+    with torch.no_grad():
+        emb = text_encoder(ids, mask).last_hidden_state  # (B, L, D)
+    return emb * mask[..., None].to(emb.dtype)
