@@ -108,6 +108,9 @@ class TrainingConfig:
     loss_weighting: str = "none"  # "none" | "reference" (the release's Gaussian bump)
     # Prompt mix: "caption" (the spec: always the full caption) or "reference" (the release's mix).
     prompt_mix: str = "caption"
+    # Debugging aid: every step reuses the first batch, noise and timestep. A healthy setup
+    # drives this loss towards zero; one that cannot overfit a single batch has a bug.
+    overfit_one_batch: bool = False
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""Training checkpoints, written atomically.
+
+    checkpoint-005000/
+      adapter_config.json          PEFT LoRA config
+      adapter_model.safetensors    LoRA weights only
+      color_mapping_config.json    gamma, M, base_model (+ LoRA branch and profile)
+      step.txt                     global step
+      training_state.pt            optimizer, LR schedule, RNG states (for --resume_from_checkpoint)
+
+A checkpoint is assembled in a hidden temporary folder and renamed into place when complete,
+so a crash or kill never leaves a half-written checkpoint that resume would pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .io import InputError, atomic_path
+from .lora_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter
+
+COLOR_CONFIG = "color_mapping_config.json"
+STEP_FILE = "step.txt"
+STATE_FILE = "training_state.pt"
+REQUIRED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, COLOR_CONFIG, STEP_FILE)
+
+
+def checkpoint_name(step: int | str) -> str:
+    return "checkpoint-final" if step == "final" else f"checkpoint-{int(step):06d}"
+
+
+def save_checkpoint(
+    directory: Path, transformer, color: dict, step: int, training_state: dict | None = None
+) -> Path:
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_adapter(transformer, tmp)
+    (tmp / COLOR_CONFIG).write_text(json.dumps(color, indent=2))
+    (tmp / STEP_FILE).write_text(f"{step}\n")
+    if training_state is not None:
+        with atomic_path(tmp / STATE_FILE) as t:
+            torch.save(training_state, t)
+    if directory.exists():  # e.g. checkpoint-final of a previous run: swap, then delete
+        old = directory.with_name(f".{directory.name}.old{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, directory)
+    return directory
+
+
+def read_color_config(directory: Path) -> dict:
+    path = Path(directory) / COLOR_CONFIG
+    if not path.is_file():
+        raise InputError(f"{directory}: checkpoint lacks {COLOR_CONFIG}")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+    for k in ("gamma", "M"):
+        if k not in cfg:
+            raise InputError(f"{path}: no '{k}'")
+    return cfg
+
+
+def check_checkpoint(directory: Path) -> None:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: checkpoint folder not found")
+    missing = [f for f in REQUIRED if not (directory / f).is_file()]
+    if missing:
+        raise InputError(f"{directory}: checkpoint lacks {', '.join(missing)}")
+
+
+def read_step(directory: Path) -> int:
+    text = (Path(directory) / STEP_FILE).read_text().strip()
+    if not text.isdigit():
+        raise InputError(f"{Path(directory) / STEP_FILE}: not a step number ({text!r})")
+    return int(text)
+
+
+def load_for_resume(directory: Path, transformer, gamma: float, M: float) -> tuple[int, dict | None]:
+    """Fill the LoRA from a checkpoint written with the same gamma/M; return (step, training state)."""
+    directory = Path(directory)
+    check_checkpoint(directory)
+    color = read_color_config(directory)
+    if abs(color["gamma"] - gamma) > 1e-9 or abs(color["M"] - M) > 1e-9:
+        raise InputError(
+            f"{directory / COLOR_CONFIG}: written with gamma={color['gamma']}, M={color['M']}; "
+            f"the config says gamma={gamma}, M={M}"
+        )
+    load_adapter(transformer, directory)
+    state = None
+    if (directory / STATE_FILE).is_file():
+        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    return read_step(directory), state
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = sorted(p for p in Path(output_dir).glob("checkpoint-[0-9]*") if p.is_dir())
+    return ckpts[-1] if ckpts else None

@@ -1,0 +1,34 @@
+"""What every command-line script shares: the spec's log format and one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from .config import ConfigError
+from .io import InputError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"  # 12:34:56 INFO diffhdr.train step=...
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    for noisy in ("httpx", "urllib3", "diffusers", "transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run a script's main; bad input ends in one line on stderr and exit status 2, no traceback."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    setup_logging()
+    try:
+        with logging_redirect_tqdm():  # log lines print above progress bars, not inside them
+            code = main(argv)
+    except (InputError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code or 0)

@@ -1,0 +1,158 @@
+"""LoRA weights on disk: our PEFT adapter, diffusers/ComfyUI exports, and the authors' release.
+
+Key layouts (one LoRA pair shown):
+
+    ours (PEFT)   base_model.model.blocks.0.attn1.to_q.lora_A.weight        + adapter_config.json
+    diffusers     transformer.blocks.0.attn1.to_q.lora_A.weight             (scale folded into B)
+    ComfyUI       diffusion_model.blocks.0.self_attn.q.lora_A.weight        (Wan names, scale folded)
+    release       vace_blocks.0.self_attn.q.lora_A.default.weight           (DiffSynth; alpha = rank)
+
+Wan <-> diffusers names follow diffusers' scripts/convert_wan_to_diffusers.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .io import InputError, atomic_path
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+# Wan / DiffSynth module names -> diffusers names, for the modules LoRA touches.
+WAN_TO_DIFFUSERS = {
+    "self_attn.q": "attn1.to_q",
+    "self_attn.k": "attn1.to_k",
+    "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0",
+    "cross_attn.q": "attn2.to_q",
+    "cross_attn.k": "attn2.to_k",
+    "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0",
+    "ffn.0": "ffn.net.0.proj",
+    "ffn.2": "ffn.net.2",
+}
+DIFFUSERS_TO_WAN = {v: k for k, v in WAN_TO_DIFFUSERS.items()}
+_KEY = re.compile(r"^((?:vace_)?blocks\.\d+)\.(.+)\.(lora_[AB])(?:\.default)?\.weight$")
+
+
+def _lora_state(transformer) -> dict[str, torch.Tensor]:
+    """{module name: {'lora_A': A, 'lora_B': B}} flattened as '<module>.lora_A.weight' keys."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+
+
+def _scale(transformer) -> float:
+    cfg = transformer.peft_config["default"]
+    return cfg.lora_alpha / cfg.r
+
+
+def save_adapter(transformer, directory: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors, loadable by peft's PeftModel too."""
+    cfg = transformer.peft_config["default"]
+    directory.mkdir(parents=True, exist_ok=True)
+    config = cfg.to_dict()
+    config["target_modules"] = sorted(config["target_modules"])
+    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    with atomic_path(directory / ADAPTER_CONFIG) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, default=str))
+    state = {PEFT_PREFIX + k: v for k, v in _lora_state(transformer).items()}
+    with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+
+
+def load_adapter(transformer, directory: Path) -> None:
+    """Add (if needed) and fill the LoRA adapter from a checkpoint folder."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (directory / name).is_file():
+            raise InputError(f"{directory}: checkpoint lacks {name}")
+    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    if not getattr(transformer, "peft_config", None):
+        known = set(LoraConfig.__dataclass_fields__)
+        transformer.add_adapter(LoraConfig(**{k: v for k, v in config.items() if k in known}))
+    state = load_file(str(directory / ADAPTER_WEIGHTS))
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
+    _load_checked(transformer, state, directory / ADAPTER_WEIGHTS, set_peft_model_state_dict)
+
+
+def _load_checked(transformer, state: dict, source: Path, setter) -> None:
+    expected = {k.replace(".default", "") for k in _lora_state(transformer)}
+    missing, extra = expected - set(state), set(state) - expected
+    if missing or extra:
+        raise InputError(
+            f"{source}: LoRA keys do not match the base model ({len(missing)} missing, {len(extra)} unexpected, "
+            f"e.g. {sorted(missing or extra)[0]})"
+        )
+    params = dict(transformer.named_parameters())
+    for k, v in state.items():
+        p = params[k.replace(".weight", ".default.weight")]
+        if p.shape != v.shape:
+            raise InputError(f"{source}: {k} has shape {tuple(v.shape)}, the base model needs {tuple(p.shape)}")
+    setter(transformer, state)
+
+
+def export_lora(transformer, path: Path, layout: str) -> int:
+    """Write the LoRA as `layout` 'diffusers' or 'comfyui', the alpha/r scale folded into B."""
+    scale = _scale(transformer)
+    out = {}
+    for k, v in _lora_state(transformer).items():
+        v = v * scale if ".lora_B." in k else v
+        if layout == "diffusers":
+            out["transformer." + k] = v
+        elif layout == "comfyui":
+            m = _KEY.match(k)
+            out[f"diffusion_model.{m.group(1)}.{DIFFUSERS_TO_WAN[m.group(2)]}.{m.group(3)}.weight"] = v
+        else:
+            raise ValueError(f"unknown LoRA layout {layout!r}")
+    with atomic_path(path) as tmp:
+        save_file(out, str(tmp), metadata={"format": "pt"})
+    return len(out)
+
+
+def reference_to_diffusers(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """The release's DiffSynth keys -> our module names ('vace_blocks.0.attn1.to_q.lora_A.weight')."""
+    out = {}
+    for key, v in state.items():
+        m = _KEY.match(key.removeprefix("diffusion_model."))
+        if m is None or m.group(2) not in WAN_TO_DIFFUSERS:
+            raise InputError(f"{source}: unexpected key {key!r} for a DiffHDR LoRA")
+        out[f"{m.group(1)}.{WAN_TO_DIFFUSERS[m.group(2)]}.{m.group(3)}.weight"] = v
+    return out
+
+
+def load_reference_lora(transformer, path: Path) -> int:
+    """Load the authors' `DiffHDR.safetensors` (alpha = rank, so W += B A) into `transformer`.
+    Every key must be consumed; returns how many LoRA-wrapped modules it filled."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    if not path.is_file():
+        raise InputError(f"{path}: LoRA file not found")
+    state = reference_to_diffusers(load_file(str(path)), path)
+    modules = sorted({k.rsplit(".lora_", 1)[0] for k in state})
+    rank = next(v.shape[0] for k, v in state.items() if ".lora_A." in k)
+    if not getattr(transformer, "peft_config", None):
+        transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=modules, init_lora_weights=True))
+    state = {k: v.to(next(transformer.parameters()).dtype) for k, v in state.items()}
+    _load_checked(transformer, state, path, set_peft_model_state_dict)
+    return len(modules)
+
+
+def load_any_lora(transformer, path: Path) -> str:
+    """A checkpoint folder (ours) or a single .safetensors file in the release's layout."""
+    path = Path(path)
+    if path.is_dir():
+        load_adapter(transformer, path)
+        return "adapter"
+    load_reference_lora(transformer, path)
+    return "reference"

@@ -1,0 +1,210 @@
+"""DiffHDRModel: Wan-2.1-VACE transformer + LoRA, frozen float32 VAE, frozen UMT5 text encoder.
+
+Shapes: pixel video (B, 3, T, H, W) in [-1, 1]; latents (B, 16, T', H/8, W/8), T' = (T - 1) / 4 + 1;
+VACE context (B, 96, T', H/8, W/8) = inactive (16) + reactive (16) latents + mask (64).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+from .config import ModelConfig
+from .io import InputError
+from .mask_detection import mask_to_latent
+from .prompting import encode_prompts
+
+log = logging.getLogger(__name__)
+
+# Names diffusers versions have used for the VACE context argument of the transformer.
+CTX_PARAM_CANDIDATES = ("control_hidden_states", "vace_context", "control_latents")
+COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def discover_lora_targets(transformer: nn.Module, branch: str, suffixes: list[str]) -> list[str]:
+    """Names of the nn.Linear modules LoRA wraps, found by walking the model, never hard-coded:
+    those inside `blocks.*` (branch "main") or `vace_blocks.*` (branch "vace") whose name ends
+    with one of `suffixes` (attention q/k/v/out and the two FFN projections by default)."""
+    prefix = {"main": "blocks.", "vace": "vace_blocks."}[branch]
+    ends = tuple("." + s for s in suffixes)
+    return sorted(
+        name
+        for name, m in transformer.named_modules()
+        if isinstance(m, nn.Linear) and name.startswith(prefix) and name.endswith(ends)
+    )
+
+
+def _vae_latent_stats(vae, device) -> tuple[torch.Tensor, torch.Tensor]:
+    z = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=device).view(1, z, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=device).view(1, z, 1, 1, 1)
+    return mean, std
+
+
+class DiffHDRModel(nn.Module):
+    def __init__(self, transformer, vae, text_encoder, tokenizer, scheduler=None, base_model: str = ""):
+        super().__init__()
+        self.transformer = transformer
+        if vae.dtype != torch.float32:
+            vae = vae.to(torch.float32)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        # Freeze the base before LoRA is added: peft leaves its own new weights trainable.
+        self.transformer.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.base_model = base_model
+        self.lora_targets: list[str] = []
+        # The module the DiT forward runs through: `transformer` itself, or the DDP wrapper that
+        # accelerate made of it (kept out of the module tree so it is not counted twice).
+        self.set_forward_module(None)
+        params = inspect.signature(transformer.forward).parameters
+        self.ctx_param = next((p for p in CTX_PARAM_CANDIDATES if p in params), None)
+        if self.ctx_param is None:
+            log.warning("VACE context parameter not found. Running DiT without context conditioning.")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device=None) -> "DiffHDRModel":
+        """Load a local diffusers directory in the Wan2.1-VACE-14B-diffusers layout."""
+        from diffusers import AutoencoderKLWan, WanVACETransformer3DModel
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        path = Path(path)
+        if not path.is_dir():
+            raise InputError(f"{path}: base model directory not found (see README: Downloading the Base Model)")
+        missing = [c for c in COMPONENTS if not (path / c).is_dir()]
+        if missing:
+            raise InputError(f"{path}: base model directory lacks {', '.join(c + '/' for c in missing)}")
+        try:
+            transformer = WanVACETransformer3DModel.from_pretrained(path / "transformer", torch_dtype=dtype)
+            vae = AutoencoderKLWan.from_pretrained(path / "vae", torch_dtype=torch.float32)
+            text_encoder = UMT5EncoderModel.from_pretrained(path / "text_encoder", dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: cannot load the base model ({str(e).splitlines()[0]})") from None
+        scheduler = None
+        if (path / "scheduler").is_dir():
+            from diffusers import UniPCMultistepScheduler
+
+            scheduler = UniPCMultistepScheduler.from_pretrained(path / "scheduler")
+        model = cls(transformer, vae, text_encoder, tokenizer, scheduler, base_model=str(path))
+        return model.to(device) if device is not None else model
+
+    # ------------------------------------------------------------------ LoRA
+    def add_lora(self, cfg: ModelConfig) -> list[str]:
+        from peft import LoraConfig
+
+        targets = discover_lora_targets(self.transformer, cfg.lora_branch, cfg.lora_target_suffixes)
+        if not targets:
+            raise InputError(f"no nn.Linear in {cfg.lora_branch} blocks matches {cfg.lora_target_suffixes}")
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
+            init_lora_weights=True,
+        )
+        self.transformer.add_adapter(lora)
+        self.lora_targets = targets
+        return targets
+
+    def parameter_counts(self) -> tuple[int, int]:
+        params = list(self.transformer.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def enable_gradient_checkpointing(self, blocks: str | int = "all") -> None:
+        """Recompute main blocks in backward. `blocks` = "all" or the number of leading main
+        blocks to recompute (the rest keep their activations: less recompute where memory allows).
+        A VACE block without trainable weights runs under no_grad: its inputs carry no
+        gradient, so it needs neither saved activations nor a recompute."""
+        main = list(self.transformer.blocks)
+        n = len(main) if blocks == "all" else int(blocks)
+        recompute = {id(b) for b in main[:n]}
+
+        def run(block, *args):
+            if id(block) in recompute:
+                return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            if not any(p.requires_grad for p in block.parameters()):
+                with torch.no_grad():
+                    return block(*args)
+            return block(*args)
+
+        self.transformer.enable_gradient_checkpointing(gradient_checkpointing_func=run)
+
+    # ------------------------------------------------------------------ VAE (always float32)
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) in [-1, 1] -> normalised latents (B, 16, T', H/8, W/8), float32."""
+        with torch.autocast(device_type=video.device.type, enabled=False):
+            z = self.vae.encode(video.float()).latent_dist.mode()
+            mean, std = _vae_latent_stats(self.vae, z.device)
+            return (z.float() - mean) / std
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> (B, 3, T, H, W), nominally [-1, 1], float32."""
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            mean, std = _vae_latent_stats(self.vae, latents.device)
+            return self.vae.decode(latents.float() * std + mean).sample.float()
+
+    @torch.no_grad()
+    def vace_context(
+        self, control: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The context WanVACEPipeline builds: VAE(control * (1 - m)), VAE(control * m), mask channels.
+
+        control (B, 3, T, H, W) in [-1, 1]; mask (B, T, H, W) binary; reference (B, 3, H, W) in [-1, 1]
+        or None. With a reference, its latent (+16 zero channels) and a zero mask frame lead in time.
+        """
+        m = (mask > 0.5).to(control.dtype)[:, None]  # (B, 1, T, H, W)
+        b = control.shape[0]
+        # inactive and reactive in one VAE call: the batch elements are independent
+        both = self.encode_video(torch.cat([control * (1 - m), control * m]))
+        latents = torch.cat([both[:b], both[b:]], dim=1)  # (B, 32, T', h, w)
+        masks = torch.stack([mask_to_latent(mk) for mk in mask]).to(latents)  # (B, 64, T', h, w)
+        if reference is not None:
+            ref = self.encode_video(reference[:, :, None])  # (B, 16, 1, h, w)
+            latents = torch.cat([torch.cat([ref, torch.zeros_like(ref)], dim=1), latents], dim=2)
+            masks = torch.cat([torch.zeros_like(masks[:, :, :1]), masks], dim=2)
+        return torch.cat([latents, masks], dim=1)
+
+    # ------------------------------------------------------------------ text
+    def encode_text(self, prompts: list[str], max_sequence_length: int = 512) -> torch.Tensor:
+        return encode_prompts(self.tokenizer, self.text_encoder, prompts, max_sequence_length)
+
+    # ------------------------------------------------------------------ DiT
+    def _dit_forward(
+        self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        """Velocity prediction (B, 16, T', h, w) for noisy latents at `timestep` (B,) in [0, 1000]."""
+        dtype = self.transformer.dtype
+        kwargs = dict(hidden_states=latents.to(dtype), timestep=timestep, encoder_hidden_states=text.to(dtype))
+        if self.ctx_param is not None:
+            kwargs[self.ctx_param] = context.to(dtype)
+        return (self.forward_module or self.transformer)(**kwargs, return_dict=False)[0]
+
+    def set_forward_module(self, module) -> None:
+        object.__setattr__(self, "forward_module", module)
+
+    @contextlib.contextmanager
+    def unwrapped(self):
+        """Run the plain transformer (e.g. validation on one rank: DDP's forward would wait for all)."""
+        wrapper = self.forward_module
+        self.set_forward_module(None)
+        try:
+            yield self
+        finally:
+            self.set_forward_module(wrapper)
+

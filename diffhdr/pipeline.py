@@ -1,0 +1,268 @@
+"""LDR video -> linear HDR video: masks, VACE context, windowed denoising with CFG and CFA, decode.
+
+    frames (T, H, W, 3) uint8
+      -> sRGB [0, 1] -> exposure masks (EMA over the whole video)
+      -> control = LogGamma(linearise(LDR with under-exposed pixels grey)) in [-1, 1]
+      -> windows of `window` frames, stride a multiple of 4 (the VAE's time step):
+           VACE context -> denoise (CFG: one batched forward for both branches; CFA in cross-attn)
+      -> latents blended where windows overlap (linear ramps, accumulate and normalise)
+      -> float32 VAE decode of the whole latent sequence -> inverse Log-Gamma -> clamp >= 0
+
+Window latents line up with the global latent grid only if every window starts at a multiple
+of 4 frames; a window's first latent frame encodes one frame alone, so it is used only at the
+clip start. Overlaps that break the alignment are rounded up (8 -> 9) and logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .attention import CFAState, cfa_enabled, packed_text
+from .color_mapping import from_vae_range, log_gamma_decode, log_gamma_encode, srgb_to_linear, to_vae_range
+from .config import MaskConfig
+from .mask_detection import combine, detect_masks, mask_to_latent, token_gates
+from .prompting import Caption, cfa_prompts
+
+log = logging.getLogger(__name__)
+
+TEMPORAL = 4  # VAE time compression
+SPATIAL = 16  # VAE 8 x patch 2
+
+
+@dataclass
+class InferenceSettings:
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    negative_prompt: str = ""
+    cfa: bool = True
+    cfa_vace: bool = False
+    alpha_over: float = 1.0
+    alpha_under: float = 1.0
+    window: int = 33
+    window_overlap: int = 8
+    scheduler: str = "default"  # "default": the base model's scheduler; "euler": the release's
+    shift: float = 5.0  # for "euler"
+    seed: int = 42
+    use_under_mask: bool = True
+    reference_ev: float = 5.0
+    masks: MaskConfig = field(default_factory=MaskConfig)
+
+
+PRESETS = {
+    "spec": {},
+    # The authors' release (reference-facts section 6): no CFG, flow-match Euler with shift 5,
+    # windows of 33 with stride 16, seed 10, CFA off (its alphas default to 0).
+    "reference": dict(guidance_scale=1.0, scheduler="euler", shift=5.0, window_overlap=17, seed=10, cfa=False),
+}
+
+
+def window_starts(num_frames: int, window: int, overlap: int) -> tuple[list[int], int, int]:
+    """Window starts, the padded frame count they tile exactly, and the overlap actually used."""
+    if (window - 1) % TEMPORAL:
+        raise ValueError(f"window {window} must be 4k+1")
+    if num_frames <= window:
+        padded = num_frames + (-(num_frames - 1)) % TEMPORAL
+        return [0], padded, 0
+    stride = window - overlap
+    if stride <= 0:
+        raise ValueError(f"window_overlap {overlap} must be smaller than the window {window}")
+    stride -= stride % TEMPORAL
+    if stride == 0:
+        raise ValueError(f"window_overlap {overlap} leaves no 4-frame step in a {window}-frame window")
+    n = -(-(num_frames - window) // stride)  # ceil
+    return [i * stride for i in range(n + 1)], window + n * stride, window - stride
+
+
+def latent_blend_weights(n_latent: int, start: int, overlap_latent: int, first: bool, last: bool) -> torch.Tensor:
+    """Per-latent-frame weights of one window: linear ramps over the overlaps with its neighbours,
+    zero for its unaligned first latent frame unless it starts the clip."""
+    w = torch.ones(n_latent, dtype=torch.float64)
+    if not first:
+        w[0] = 0.0
+        ramp = (torch.arange(overlap_latent, dtype=torch.float64) + 0.5) / overlap_latent
+        w[1 : 1 + overlap_latent] = ramp
+    if not last:
+        ramp = (torch.arange(overlap_latent, dtype=torch.float64) + 0.5) / overlap_latent
+        w[n_latent - overlap_latent :] = torch.minimum(w[n_latent - overlap_latent :], ramp.flip(0))
+    return w
+
+
+def make_scheduler(model, settings: InferenceSettings):
+    if settings.scheduler == "euler":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=settings.shift)
+    if model.scheduler is None:
+        raise ValueError(f"{model.base_model}: no scheduler/ folder; use --scheduler euler")
+    return model.scheduler.__class__.from_config(model.scheduler.config)
+
+
+def set_timesteps(scheduler, settings: InferenceSettings, device):
+    if settings.scheduler == "euler":  # sigma_i = linspace(1, 0, N + 1)[:-1], then shifted
+        sigmas = np.linspace(1.0, 0.0, settings.num_inference_steps + 1)[:-1]
+        scheduler.set_timesteps(sigmas=sigmas.tolist(), device=device)
+    else:
+        scheduler.set_timesteps(settings.num_inference_steps, device=device)
+    return scheduler.timesteps
+
+
+@dataclass
+class Conditioning:
+    """Everything the denoiser needs for one video, already on the device."""
+
+    control: torch.Tensor  # (1, 3, T, H, W) in [-1, 1]
+    mask: torch.Tensor  # (1, T, H, W) combined binary mask
+    over: torch.Tensor  # (T, H, W)
+    under: torch.Tensor  # (T, H, W)
+    reference: torch.Tensor | None  # (1, 3, H, W) in [-1, 1]
+
+
+def prepare_conditioning(
+    frames: torch.Tensor, gamma: float, M: float, settings: InferenceSettings, reference: torch.Tensor | None = None
+) -> Conditioning:
+    """frames (T, 3, H, W) sRGB in [0, 1]; reference (3, H, W) sRGB in [0, 1] or None."""
+    over, under = detect_masks(frames, settings.masks, training=False)
+    if not settings.use_under_mask:
+        under = torch.zeros_like(under)
+    mask = combine(over, under)
+    ldr = torch.where(under[:, None] > 0.5, torch.full_like(frames, 0.5), frames)
+    control = to_vae_range(log_gamma_encode(srgb_to_linear(ldr), gamma, M)).permute(1, 0, 2, 3)[None]
+    ref = None
+    if reference is not None:
+        # the release: white outside frame 0's mask, then +5 EV in linear before the log
+        m0 = mask[0][None]
+        ref_lin = srgb_to_linear(reference * m0 + (1 - m0)) * 2.0**settings.reference_ev
+        ref = to_vae_range(log_gamma_encode(ref_lin, gamma, M))[None]
+    return Conditioning(control, mask[None], over, under, ref)
+
+
+def encode_texts(model, caption: Caption, settings: InferenceSettings, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(cond, uncond) text for the DiT: packed [full|null|over|under] with CFA, else the caption."""
+    full = caption.text()
+    if settings.cfa:
+        texts = [full, *cfa_prompts(caption)]
+        emb = model.encode_text(texts).to(device)
+        cond = packed_text(*[e[None] for e in emb])
+    else:
+        cond = model.encode_text([full]).to(device)
+    uncond = None
+    if settings.guidance_scale > 1.0:
+        neg = model.encode_text([settings.negative_prompt]).to(device)
+        uncond = neg.repeat(1, cond.shape[1] // neg.shape[1], 1)
+    return cond, uncond
+
+
+def _gates(over: torch.Tensor, under: torch.Tensor, patch, with_reference: bool):
+    def g(m):
+        lat = mask_to_latent(m)
+        if with_reference:
+            lat = torch.cat([torch.zeros_like(lat[:, :1]), lat], dim=1)
+        return token_gates(lat, patch)[None]  # (1, S, 1)
+
+    return g(over), g(under)
+
+
+@torch.no_grad()
+def denoise(
+    model, context, cond, uncond, noise, settings: InferenceSettings, gates=None, progress: bool = True
+) -> torch.Tensor:
+    """Denoise one window. context (1, 96, T', h, w), noise (1, 16, T', h, w) -> latents."""
+    scheduler = make_scheduler(model, settings)
+    timesteps = set_timesteps(scheduler, settings, noise.device)
+    latents = noise.float()
+    cfg = uncond is not None
+    text = torch.cat([cond, uncond]) if cfg else cond
+    ctx = torch.cat([context, context]) if cfg else context
+    state = CFAState(alpha_over=settings.alpha_over, alpha_under=settings.alpha_under)
+    if gates is not None:
+        g_over, g_under = gates
+        if cfg:  # the unconditional branch gets no routing: standard attention on its negative text
+            g_over, g_under = torch.cat([g_over, 0 * g_over]), torch.cat([g_under, 0 * g_under])
+        state.gate_over, state.gate_under = g_over.to(latents.device), g_under.to(latents.device)
+    use_cfa = settings.cfa and gates is not None
+    with cfa_enabled(model.transformer, state, settings.cfa_vace) if use_cfa else contextlib.nullcontext():
+        for t in tqdm(timesteps, desc="steps", leave=False, disable=not progress):
+            x = torch.cat([latents, latents]) if cfg else latents
+            pred = model._dit_forward(x, t.expand(x.shape[0]), text, ctx).float()
+            if cfg:
+                p_cond, p_uncond = pred.chunk(2)
+                pred = p_uncond + settings.guidance_scale * (p_cond - p_uncond)
+            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+    return latents
+
+
+def pad_to_multiple(x: torch.Tensor, m: int = SPATIAL) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Replicate-pad the last two dims of (..., H, W) up to multiples of m; returns the original size."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    if ph or pw:
+        shape = x.shape
+        x = F.pad(x.reshape(-1, *shape[-3:]), (0, pw, 0, ph), mode="replicate").reshape(*shape[:-2], h + ph, w + pw)
+    return x, (h, w)
+
+
+def reconstruct(
+    model,
+    frames: torch.Tensor,
+    caption: Caption,
+    gamma: float,
+    M: float,
+    settings: InferenceSettings,
+    reference: torch.Tensor | None = None,
+    device=None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """sRGB frames (T, 3, H, W) in [0, 1] -> linear HDR (T, 3, H, W), >= 0, float32 on the CPU."""
+    device = device or model.transformer.device
+    T = frames.shape[0]
+    frames, (H, W) = pad_to_multiple(frames)
+    if reference is not None:
+        reference, _ = pad_to_multiple(F.interpolate(reference[None], size=(H, W), mode="bilinear")[0])
+    starts, padded, overlap = window_starts(T, settings.window, settings.window_overlap)
+    if overlap != settings.window_overlap and len(starts) > 1:
+        log.info("window overlap %d -> %d so windows start on the VAE's 4-frame grid", settings.window_overlap, overlap)
+    if padded > T:  # repeat the last frame; the extra frames are dropped at the end
+        frames = torch.cat([frames, frames[-1:].expand(padded - T, -1, -1, -1)])
+    cond = prepare_conditioning(frames, gamma, M, settings, reference)
+    text_c, text_u = encode_texts(model, caption, settings, device)
+    n_lat = (padded - 1) // TEMPORAL + 1
+    h, w = frames.shape[-2] // 8, frames.shape[-1] // 8
+    g = torch.Generator(device="cpu").manual_seed(settings.seed)
+    noise = torch.randn((1, 16, n_lat, h, w), generator=g)
+    ref_noise = torch.randn((1, 16, 1, h, w), generator=g) if reference is not None else None
+    win = min(settings.window, padded)
+    win_lat = (win - 1) // TEMPORAL + 1
+    acc = torch.zeros((1, 16, n_lat, h, w), dtype=torch.float64)
+    wsum = torch.zeros(n_lat, dtype=torch.float64)
+    patch = model.transformer.config.patch_size
+    for k, s in enumerate(tqdm(starts, desc="windows", disable=not progress or len(starts) == 1)):
+        sl = slice(s, s + win)
+        ref = cond.reference.to(device) if cond.reference is not None else None
+        context = model.vace_context(cond.control[:, :, sl].to(device), cond.mask[:, sl].to(device), ref)
+        l0 = s // TEMPORAL
+        z = noise[:, :, l0 : l0 + win_lat]
+        if ref_noise is not None:
+            z = torch.cat([ref_noise, z], dim=2)
+        gates = _gates(cond.over[sl], cond.under[sl], patch, ref is not None) if settings.cfa else None
+        lat = denoise(model, context, text_c, text_u, z.to(device), settings, gates, progress).cpu()
+        if ref_noise is not None:
+            lat = lat[:, :, 1:]
+        wk = latent_blend_weights(win_lat, s, (overlap - 1) // TEMPORAL, k == 0, k == len(starts) - 1)
+        acc[:, :, l0 : l0 + win_lat] += lat.double() * wk.view(1, 1, -1, 1, 1)
+        wsum[l0 : l0 + win_lat] += wk
+    latents = (acc / wsum.view(1, 1, -1, 1, 1)).float()
+    video = model.decode_latents(latents.to(device))[0].cpu()  # (3, T, H, W) in ~[-1, 1]
+    y = from_vae_range(video).clamp_min(0)
+    hdr = log_gamma_decode(y, gamma, M).clamp_min(0).permute(1, 0, 2, 3)
+    return hdr[:T, :, :H, :W].contiguous()
+
+
+def settings_dict(settings: InferenceSettings) -> dict:
+    return asdict(settings)

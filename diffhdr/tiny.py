@@ -1,0 +1,116 @@
+"""The built-in tiny model: real diffusers/transformers classes, tiny configs, random weights.
+
+It is written to disk in the `Wan2.1-VACE-14B-diffusers` layout and then loaded through the
+same `from_pretrained` code as the real model, so the demo, the tests and the benchmarks all
+exercise the real loading path without a download. `real_shape_configs()` gives the 14B
+shapes for GPU benchmarks with random weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+TINY_TRANSFORMER = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=32,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=256,
+    num_layers=4,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+    vace_layers=[0, 2],
+    vace_in_channels=96,
+)
+TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
+TINY_UMT5 = dict(
+    vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+    relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
+    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+)
+# Wan2.1-VACE-14B (its transformer/config.json)
+REAL_TRANSFORMER = dict(
+    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+    vace_layers=[0, 5, 10, 15, 20, 25, 30, 35], vace_in_channels=96,
+)
+REAL_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+
+
+def default_tiny_dir() -> Path:
+    return Path(os.environ.get("DIFFHDR_TINY_DIR", Path.home() / ".cache" / "diffhdr" / "tiny-wan-vace"))
+
+
+def _tokenizer():
+    """A byte-level UMT5-style tokenizer built locally (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for b in range(32, 127):
+        vocab.setdefault(chr(b), len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def write_tiny_model(path: str | Path, seed: int = 0) -> Path:
+    """Create the tiny model directory (idempotent; atomic by renaming a finished temp folder)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    path = Path(path)
+    if (path / "model_index.json").is_file():
+        return path
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.manual_seed(seed)
+    WanVACETransformer3DModel(**TINY_TRANSFORMER).save_pretrained(tmp / "transformer")
+    AutoencoderKLWan(**TINY_VAE).save_pretrained(tmp / "vae")
+    UMT5EncoderModel(UMT5Config(**TINY_UMT5)).save_pretrained(tmp / "text_encoder")
+    _tokenizer().save_pretrained(tmp / "tokenizer")
+    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0).save_pretrained(
+        tmp / "scheduler"
+    )
+    (tmp / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "WanVACEPipeline",
+                "_diffusers_version": "0.37.0",
+                "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+                "text_encoder": ["transformers", "UMT5EncoderModel"],
+                "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+                "transformer": ["diffusers", "WanVACETransformer3DModel"],
+                "vae": ["diffusers", "AutoencoderKLWan"],
+            },
+            indent=2,
+        )
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def resolve_backbone(backbone: str) -> Path:
+    """'tiny' -> the built-in tiny model directory (written on first use); else the path itself."""
+    if backbone == "tiny":
+        return write_tiny_model(default_tiny_dir())
+    return Path(backbone)

@@ -1,0 +1,99 @@
+"""The pieces of a training step that train.py strings together: batch -> loss, LR schedule,
+pre-flight checks, validation. Every random draw comes from a generator seeded by the step,
+so a resumed run continues the exact same stream."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from .color_mapping import from_vae_range, linear_to_srgb, log_gamma_decode, reinhard_global
+from .config import Config
+from .io import write_exr
+from .losses import add_noise, flow_matching_loss, reference_weight, sample_sigmas
+
+
+def step_generator(seed: int, micro_step: int, rank: int, world: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + 17 + micro_step * world + rank)
+
+
+def batch_loss(model, batch: dict, cfg: Config, g: torch.Generator, device) -> torch.Tensor:
+    """Flow-matching loss of one batch (see losses.py). The VAE, the text encoder and the VACE
+    context carry no gradient; only the DiT forward (with LoRA) does."""
+    with torch.no_grad():
+        if batch["latent"] is not None:
+            x0 = batch["latent"].to(device)
+        else:
+            x0 = model.encode_video(batch["target"].to(device))
+        context = model.vace_context(batch["control"].to(device), batch["mask"].to(device))
+        text = model.encode_text(batch["prompt"]).to(device)
+    t = cfg.training
+    sigmas = sample_sigmas(x0.shape[0], g, t.timestep_sampling, t.timestep_shift)
+    noise = torch.randn(x0.shape, generator=g).to(device)
+    xt = add_noise(x0, noise, sigmas.to(device))
+    pred = model._dit_forward(xt, (1000 * sigmas).float().to(device), text, context)
+    weights = reference_weight(sigmas, t.timestep_shift) if t.loss_weighting == "reference" else None
+    return flow_matching_loss(pred, x0, noise, weights)
+
+
+def lr_lambda(cfg: Config):
+    t = cfg.training
+
+    def f(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.lr_schedule == "cosine":
+            done = (step - t.warmup_steps) / max(1, t.num_steps - t.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+        return 1.0
+
+    return f
+
+
+def preflight(model, targets: list[str], cfg: Config) -> list[str]:
+    """The spec's start-up summary lines; asserts the LoRA freeze is right."""
+    trainable, total = model.parameter_counts()
+    pct = 100.0 * trainable / total
+    assert pct > 0.0, "no trainable parameters: was requires_grad_(False) called after adding LoRA?"
+    assert pct < 5.0, f"trainable fraction {pct:.2f}% > 5%: LoRA targets too many layers"
+    if cfg.model.lora_branch == "main":
+        bad = [n for n, p in model.transformer.named_parameters() if p.requires_grad and n.startswith("vace_blocks.")]
+        assert not bad, f"VACE context branch must stay frozen, but {bad[0]} trains"
+    assert not any(p.requires_grad for p in model.vae.parameters()), "the VAE must stay frozen"
+    return [
+        f"[DiffHDR] LoRA targets: {len(targets)} Linear modules",
+        f"[DiffHDR] Transformer: {trainable:,} trainable / {total:,} total ({pct:.3f}%)",
+    ]
+
+
+@torch.no_grad()
+def validation_loss(model, dataset, cfg: Config, device, max_items: int = 8) -> float:
+    from .dataset import collate
+
+    losses = []
+    for d in range(min(len(dataset), max_items)):
+        batch = collate([dataset[d]])
+        losses.append(batch_loss(model, batch, cfg, torch.Generator().manual_seed(d), device).item())
+    return sum(losses) / max(len(losses), 1)
+
+
+def write_validation_sample(model, item, cfg: Config, out_dir: Path, steps: int, device) -> Path:
+    """Reconstruct one held-out clip from its LDR condition; write EXR frames and a PNG strip."""
+    from PIL import Image
+
+    from .pipeline import InferenceSettings, reconstruct
+    from .prompting import parse_prompt
+
+    gm = (cfg.color_mapping.gamma, cfg.color_mapping.M)
+    ldr = linear_to_srgb(log_gamma_decode(from_vae_range(item.control), *gm)).permute(1, 0, 2, 3)
+    settings = InferenceSettings(num_inference_steps=steps, masks=cfg.masks)
+    hdr = reconstruct(model, ldr, parse_prompt(item.prompt), *gm, settings, device=device, progress=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = hdr.permute(0, 2, 3, 1).numpy()
+    for i, f in enumerate(frames):
+        write_exr(out_dir / f"frame_{i:05d}.exr", f)
+    preview = (linear_to_srgb(reinhard_global(frames)) * 255).round().astype("uint8")
+    Image.fromarray(preview.transpose(1, 0, 2, 3).reshape(preview.shape[1], -1, 3)).save(out_dir / "preview.png")
+    return out_dir

@@ -1,0 +1,193 @@
+"""Train DiffHDR's LoRA on Wan-2.1-VACE.
+
+    accelerate launch train.py --config configs/train.yaml [--resume_from_checkpoint DIR|latest]
+    python train.py --config configs/tiny.yaml          # one process (debugging, the tiny demo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from diffhdr.attention import assert_no_cfa
+from diffhdr.checkpoint import checkpoint_name, latest_checkpoint, load_for_resume, save_checkpoint
+from diffhdr.cli import run
+from diffhdr.config import load_config
+from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate
+from diffhdr.model import DiffHDRModel, torch_dtype
+from diffhdr.tiny import resolve_backbone
+from diffhdr.training import batch_loss, lr_lambda, preflight, step_generator, validation_loss, write_validation_sample
+
+log = logging.getLogger("diffhdr.train")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config (configs/train.yaml)")
+    p.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in output_dir")
+    p.add_argument("--max_steps", type=int, help="stop after this global step (the schedule keeps num_steps)")
+    return p.parse_args(argv)
+
+
+class StopFlag:
+    """SIGTERM (SLURM pre-emption or time limit) -> finish the step, checkpoint, exit."""
+
+    def __init__(self):
+        self.set = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_):
+        self.set = True
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    t = cfg.training
+    acc = Accelerator(mixed_precision=t.mixed_precision, log_with="wandb" if cfg.use_wandb else None)
+    set_seed(t.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = resolve_backbone(cfg.model.backbone)
+
+    # ---- model: frozen base, LoRA, checks
+    model = DiffHDRModel.from_pretrained(base, dtype=torch_dtype(cfg.model.dtype))
+    targets = model.add_lora(cfg.model)
+    for p in model.transformer.parameters():
+        if p.requires_grad:  # LoRA weights train in float32 whatever the base dtype
+            p.data = p.data.float()
+    for line in preflight(model, targets, cfg):
+        if acc.is_main_process:
+            print(line, flush=True)
+    if cfg.model.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.vae.to(acc.device)
+    model.text_encoder.to(acc.device)
+    color = {"gamma": cfg.color_mapping.gamma, "M": cfg.color_mapping.M, "base_model": str(base),
+             "lora_branch": cfg.model.lora_branch, "profile": cfg.profile}
+
+    # ---- resume
+    step, state = 0, None
+    resume = args.resume_from_checkpoint
+    if resume == "latest":
+        resume = latest_checkpoint(out)
+    if resume:
+        step, state = load_for_resume(Path(resume), model.transformer, cfg.color_mapping.gamma, cfg.color_mapping.M)
+        log.info("resuming from %s at step %d", resume, step)
+
+    params = [p for p in model.transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+    dit, optimizer = acc.prepare(model.transformer, optimizer)
+    model.set_forward_module(dit)  # forward through DDP's wrapper; model.transformer stays plain
+
+    # ---- data: draw numbers are a pure function of the step, so resume continues the stream
+    micro_per_step = t.gradient_accumulation
+    dataset = HDRVideoDataset(cfg, "train")
+    sampler = DrawSampler(start=step * micro_per_step * t.batch_size, rank=acc.process_index, world=acc.num_processes)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+    val_set = HDRVideoDataset(cfg, "val", use_cache=False) if cfg.data.val_split else None
+    if cfg.use_wandb:
+        acc.init_trackers("diffhdr", config=asdict(cfg))
+
+    def save(name):
+        if acc.is_main_process:
+            training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                              "torch_rng": torch.get_rng_state()}
+            save_checkpoint(out / checkpoint_name(name), acc.unwrap_model(dit), color, step, training_state)
+            log.info("saved %s", out / checkpoint_name(name))
+        acc.wait_for_everyone()
+
+    if cfg.initial_checkpoint and step == 0:
+        save(0)
+
+    assert_no_cfa(model.transformer)  # CFA is inference-only
+    stop = StopFlag()
+    last = min(t.num_steps, args.max_steps or t.num_steps)
+    batches = iter(loader)
+    dit.train()
+    bar = tqdm(total=last, initial=step, desc="train", disable=not acc.is_main_process)
+    first = None
+    while step < last:
+        loss_sum = 0.0
+        for micro in range(micro_per_step):
+            micro_index = step * micro_per_step + micro
+            if t.overfit_one_batch:
+                first = first or next(batches)
+                batch, micro_index = first, 0
+            else:
+                batch = next(batches)
+            g = step_generator(t.seed, micro_index, acc.process_index, acc.num_processes)
+            sync = micro == micro_per_step - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(dit), acc.autocast():
+                loss = batch_loss(model, batch, cfg, g, acc.device) / micro_per_step
+                acc.backward(loss)
+            loss_sum += loss.item()
+        if t.max_grad_norm:
+            acc.clip_grad_norm_(params, t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        loss_mean = acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean").item()
+        if step % t.log_every == 0 or step == last:
+            lr = scheduler.get_last_lr()[0]
+            log.info("step=%d/%d loss=%.5f lr=%.2e", step, t.num_steps, loss_mean, lr)
+            if acc.is_main_process:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "loss": loss_mean, "lr": lr}) + "\n")
+            if cfg.use_wandb:
+                acc.log({"loss/flow": loss_mean, "lr": lr, "step": step}, step=step)
+        if val_set is not None and t.validate_every and step % t.validate_every == 0:
+            validate(model, val_set, cfg, acc, out, step)
+        stopping = acc.reduce(torch.tensor(float(stop.set), device=acc.device), "max").item() > 0
+        if step % t.checkpoint_every == 0 or stopping:
+            save(step)
+        if stopping:
+            log.info("SIGTERM: stopped at step %d after checkpointing", step)
+            bar.close()
+            acc.end_training()
+            return 0
+    bar.close()
+    save("final")
+    acc.end_training()
+    return 0
+
+
+def validate(model, val_set, cfg, acc, out: Path, step: int):
+    if not acc.is_main_process:
+        acc.wait_for_everyone()
+        return
+    model.transformer.eval()
+    with acc.autocast(), model.unwrapped():
+        loss = validation_loss(model, val_set, cfg, acc.device)
+        sample_dir = out / "validation" / f"step-{step:06d}"
+        write_validation_sample(model, val_set[0], cfg, sample_dir, steps=10, device=acc.device)
+    model.transformer.train()
+    log.info("step=%d val_loss=%.5f sample=%s", step, loss, sample_dir)
+    if cfg.use_wandb:
+        acc.log({"loss/val": loss}, step=step)
+    acc.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    run(main)
