@@ -218,8 +218,12 @@ def reconstruct(
     reference: torch.Tensor | None = None,
     device=None,
     progress: bool = True,
+    texts: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """sRGB frames (T, 3, H, W) in [0, 1] -> linear HDR (T, 3, H, W), >= 0, float32 on the CPU."""
+    """sRGB frames (T, 3, H, W) in [0, 1] -> linear HDR (T, 3, H, W), >= 0, float32 on the CPU.
+
+    `texts`: (cond, uncond) from `encode_texts`, when the caller encoded them already (and moved
+    the text encoder off the GPU)."""
     device = device or model.transformer.device
     T = frames.shape[0]
     frames, (H, W) = pad_to_multiple(frames)
@@ -231,7 +235,7 @@ def reconstruct(
     if padded > T:  # repeat the last frame; the extra frames are dropped at the end
         frames = torch.cat([frames, frames[-1:].expand(padded - T, -1, -1, -1)])
     cond = prepare_conditioning(frames, gamma, M, settings, reference)
-    text_c, text_u = encode_texts(model, caption, settings, device)
+    text_c, text_u = texts if texts is not None else encode_texts(model, caption, settings, device)
     n_lat = (padded - 1) // TEMPORAL + 1
     h, w = frames.shape[-2] // 8, frames.shape[-1] // 8
     g = torch.Generator(device="cpu").manual_seed(settings.seed)

@@ -1,0 +1,43 @@
+"""The inference output folder: exr/frame_%05d.exr (half float, linear Rec.709), preview.mp4
+(global Reinhard + sRGB, 8 bit) and settings.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .color_mapping import linear_to_srgb, reinhard_global
+from .io import InputError, atomic_path, write_exr, write_video
+
+FRAME_PATTERN = "frame_%05d.exr"
+
+
+def prepare_output_dir(out: Path, overwrite: bool) -> Path:
+    """Refuse to mix new frames with an earlier run's unless `overwrite` (which removes them)."""
+    exr = out / "exr"
+    old = sorted(exr.glob("frame_*.exr")) if exr.is_dir() else []
+    if old and not overwrite:
+        raise InputError(f"{exr}: already holds {len(old)} frames; pass --overwrite or choose another --output_dir")
+    for f in old:
+        f.unlink()
+    exr.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def preview_frames(hdr: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) linear -> uint8 sRGB, one Reinhard scale for the whole video (no flicker)."""
+    return (linear_to_srgb(reinhard_global(hdr)) * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_outputs(out: Path, hdr: torch.Tensor, fps: float, record: dict) -> None:
+    """hdr (T, 3, H, W) linear float."""
+    frames = hdr.clamp_min(0).permute(0, 2, 3, 1).numpy()
+    for i, f in enumerate(tqdm(frames, desc="exr", leave=False)):
+        write_exr(out / "exr" / (FRAME_PATTERN % i), f, half=True)
+    write_video(out / "preview.mp4", preview_frames(frames), fps=fps)
+    with atomic_path(out / "settings.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str))

@@ -1,0 +1,116 @@
+"""How the model runs on a GPU: speed modes (attention kernel, fp8 GEMMs, torch.compile) and
+memory modes (fp8 weight storage, group offloading, VAE tiling). Numerics-preserving choices are
+the default; the lossy ones are opt-in and measured in bench/bench_infer.py.
+
+speed   naive    diffusers as installed (the baseline the benchmarks compare against)
+        default  cuDNN attention (SDPA backend) + both CFG branches in one batched forward
+        fast     default + fp8 (e4m3, row-wise scaled) GEMMs for the DiT's linears + torch.compile
+memory  full     everything resident (about 40 GB for the 14B model at 720p)
+        low      fp8 weight storage (cast to bf16 per layer), tiled VAE: fits 24 GB cards
+        offload  block-level group offloading to CPU with CUDA streams: least memory, slowest
+        auto     by free GPU memory
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+SPEED_MODES = ("naive", "default", "fast")
+MEMORY_MODES = ("auto", "full", "low", "offload")
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+class Float8Linear(nn.Module):
+    """Inference-only nn.Linear with an e4m3 weight (one scale per output row) and activations
+    quantised per token at run time; the product runs on the fp8 tensor cores via torch._scaled_mm."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX  # (N, 1)
+        self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))
+        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, N)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        x2 = x.reshape(-1, shape[-1])
+        xs = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX  # (M, 1)
+        xq = (x2 / xs).to(torch.float8_e4m3fn)
+        out = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=xs, scale_b=self.weight_scale, out_dtype=dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(dtype)
+        return out.reshape(*shape[:-1], self.out_features)
+
+
+def use_fp8_linears(transformer: nn.Module, prefixes=("blocks.", "vace_blocks.")) -> int:
+    """Swap the block linears (LoRA merged first) for Float8Linear. Returns how many."""
+    if getattr(transformer, "peft_config", None):
+        merge_lora(transformer)
+    swapped = 0
+    for name, module in list(transformer.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if type(child) is nn.Linear and full.startswith(prefixes) and child.in_features % 16 == 0 \
+                    and child.out_features % 16 == 0:
+                setattr(module, child_name, Float8Linear(child))
+                swapped += 1
+    return swapped
+
+
+def merge_lora(transformer: nn.Module) -> None:
+    """Fold the LoRA into the base weights (W <- W + s B A): faster inference, same output."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in transformer.modules():
+        if isinstance(module, LoraLayer):
+            module.merge()
+
+
+def apply_speed_mode(model, mode: str, device) -> None:
+    if mode not in SPEED_MODES:
+        raise ValueError(f"speed mode must be one of {SPEED_MODES}")
+    if mode == "naive" or torch.device(device).type != "cuda":
+        return
+    model.transformer.set_attention_backend("_native_cudnn")
+    if mode == "fast":
+        n = use_fp8_linears(model.transformer)
+        log.info("fp8 GEMMs in %d linears", n)
+        model.transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
+
+
+def pick_memory_mode(device) -> str:
+    free = torch.cuda.mem_get_info(torch.device(device))[0] / 2**30
+    mode = "full" if free >= 45 else "low" if free >= 21 else "offload"
+    log.info("%.1f GiB free on %s: memory mode %s", free, device, mode)
+    return mode
+
+
+def apply_memory_mode(model, mode: str, device) -> str:
+    """Place the transformer and VAE on `device` as `mode` says; returns the mode used."""
+    if mode not in MEMORY_MODES:
+        raise ValueError(f"memory mode must be one of {MEMORY_MODES}")
+    device = torch.device(device)
+    if device.type != "cuda":
+        mode = "full"
+    elif mode == "auto":
+        mode = pick_memory_mode(device)
+    if mode == "full":
+        model.transformer.to(device)
+    elif mode == "low":
+        model.transformer.to(device)
+        model.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+        model.vae.enable_tiling()
+    else:
+        model.transformer.enable_group_offload(
+            onload_device=device, offload_type="block_level", num_blocks_per_group=1, use_stream=True
+        )
+        model.vae.enable_tiling()
+    model.vae.to(device)
+    return mode

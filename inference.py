@@ -1,0 +1,127 @@
+"""LDR video -> linear HDR video (half-float OpenEXR, Rec.709) + tone-mapped preview.
+
+    python inference.py --input_video clip.mp4 --output_dir out/ --lora_checkpoint checkpoints/checkpoint-final \
+        --prompt "[Overexposed: bright sky and sun]; [Underexposed: dark shadows under trees]"
+
+Writes out/exr/frame_%05d.exr, out/preview.mp4 and out/settings.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from diffhdr.checkpoint import check_checkpoint, read_color_config
+from diffhdr.cli import run
+from diffhdr.io import InputError, read_image, read_video
+from diffhdr.lora_io import load_any_lora
+from diffhdr.model import DiffHDRModel
+from diffhdr.outputs import prepare_output_dir, write_outputs
+from diffhdr.pipeline import PRESETS, InferenceSettings, encode_texts, reconstruct
+from diffhdr.prompting import parse_prompt
+from diffhdr.runtime import MEMORY_MODES, SPEED_MODES, apply_memory_mode, apply_speed_mode
+from diffhdr.tiny import resolve_backbone
+
+log = logging.getLogger("diffhdr.inference")
+RELEASE_COLOR = {"gamma": 2.2, "M": 65536.0}  # the authors' DiffHDR.safetensors
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input_video", required=True, help="a video file or a folder of PNG/JPEG frames")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--lora_checkpoint", help="our checkpoint folder, or the release's DiffHDR.safetensors")
+    p.add_argument("--prompt", default="", help="[Overexposed: ...]; [Underexposed: ...]")
+    p.add_argument("--base_model", help="override the base model path stored in the checkpoint ('tiny' for the demo)")
+    p.add_argument("--reference_image", help="an LDR image guiding the over-exposed regions")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="spec", help="'reference' = the authors' settings")
+    # Defaults of the options below come from the preset (diffhdr.pipeline.InferenceSettings).
+    p.add_argument("--num_inference_steps", type=int)
+    p.add_argument("--guidance_scale", type=float)
+    p.add_argument("--negative_prompt")
+    p.add_argument("--alpha_over", type=float)
+    p.add_argument("--alpha_under", type=float)
+    p.add_argument("--no_cfa", dest="cfa", action="store_false", default=None, help="standard attention")
+    p.add_argument("--cfa_vace", action="store_true", default=None, help="CFA in the VACE blocks too")
+    p.add_argument("--window_overlap", type=int)
+    p.add_argument("--scheduler", choices=["default", "euler"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--height", type=int, help="resize frames to this height (width keeps the aspect)")
+    p.add_argument("--start_frame", type=int, default=0)
+    p.add_argument("--num_frames", type=int, help="process only this many frames")
+    p.add_argument("--speed", choices=SPEED_MODES, default="default")
+    p.add_argument("--memory", choices=MEMORY_MODES, default="auto")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace frames already in --output_dir")
+    return p.parse_args(argv)
+
+
+def settings_from_args(a) -> InferenceSettings:
+    s = dataclasses.replace(InferenceSettings(), **PRESETS[a.preset])
+    overrides = {f.name: getattr(a, f.name) for f in dataclasses.fields(s) if getattr(a, f.name, None) is not None}
+    return dataclasses.replace(s, **overrides)
+
+
+def load_frames(a) -> tuple[torch.Tensor, float]:
+    frames, fps = read_video(a.input_video)  # (T, H, W, 3) uint8
+    end = None if a.num_frames is None else a.start_frame + a.num_frames
+    frames = frames[a.start_frame : end]
+    if len(frames) == 0:
+        raise InputError(f"{a.input_video}: no frames in the requested range")
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W) sRGB
+    if a.height:
+        w = round(x.shape[-1] * a.height / x.shape[-2])
+        x = torch.nn.functional.interpolate(x, size=(a.height, w), mode="bilinear", antialias=True).clamp(0, 1)
+    return x, fps
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    settings = settings_from_args(a)
+    out = prepare_output_dir(Path(a.output_dir), a.overwrite)
+    color, base = {"gamma": 2.2, "M": 1000.0}, a.base_model
+    if a.lora_checkpoint:
+        ckpt = Path(a.lora_checkpoint)
+        if ckpt.is_dir():
+            check_checkpoint(ckpt)
+            color = read_color_config(ckpt)
+        elif ckpt.suffix == ".safetensors" and ckpt.is_file():
+            color = RELEASE_COLOR
+        else:
+            raise InputError(f"{ckpt}: not a checkpoint folder or a .safetensors LoRA file")
+        base = base or color.get("base_model")
+    if not base:
+        raise InputError("no base model: pass --base_model (the checkpoint does not name one)")
+    frames, fps = load_frames(a)
+    reference = None
+    if a.reference_image:
+        reference = torch.from_numpy(read_image(a.reference_image)).permute(2, 0, 1).float() / 255.0
+
+    model = DiffHDRModel.from_pretrained(resolve_backbone(base), dtype=torch.bfloat16 if a.device != "cpu"
+                                         else torch.float32)
+    if a.lora_checkpoint:
+        kind = load_any_lora(model.transformer, Path(a.lora_checkpoint))
+        log.info("loaded LoRA (%s) from %s", kind, a.lora_checkpoint)
+    caption = parse_prompt(a.prompt)
+    model.text_encoder.to(a.device)
+    texts = encode_texts(model, caption, settings, a.device)
+    model.text_encoder.to("cpu")  # not needed again: leave the GPU to the DiT
+    memory = apply_memory_mode(model, a.memory, a.device)
+    apply_speed_mode(model, a.speed, a.device)
+    log.info("%d frames %dx%d, gamma=%g M=%g, preset=%s memory=%s speed=%s", len(frames), frames.shape[-1],
+             frames.shape[-2], color["gamma"], color["M"], a.preset, memory, a.speed)
+    hdr = reconstruct(model, frames, caption, color["gamma"], color["M"], settings, reference, device=a.device,
+                      texts=texts)
+    record = {"input_video": a.input_video, "lora_checkpoint": a.lora_checkpoint, "base_model": str(base),
+              "prompt": a.prompt, "preset": a.preset, "gamma": color["gamma"], "M": color["M"],
+              "speed": a.speed, "memory": memory, "fps": fps, "settings": dataclasses.asdict(settings)}
+    write_outputs(out, hdr, fps, record)
+    log.info("wrote %d EXR frames and preview.mp4 to %s", len(hdr), out)
+
+
+if __name__ == "__main__":
+    run(main)

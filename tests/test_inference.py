@@ -1,0 +1,205 @@
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_script, write_config
+from diffhdr.attention import CFAState, cfa_enabled, packed_text
+from diffhdr.config import ModelConfig
+from diffhdr.model import DiffHDRModel
+from diffhdr.pipeline import InferenceSettings, denoise, latent_blend_weights, reconstruct, window_starts
+from diffhdr.prompting import parse_prompt
+from diffhdr.tiny import resolve_backbone
+
+
+def tiny_model():
+    return DiffHDRModel.from_pretrained(resolve_backbone("tiny"), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_matches_diffusers_wan_vace_pipeline(guidance):
+    from diffusers import WanVACEPipeline
+    from diffusers.utils.torch_utils import randn_tensor
+
+    ours = tiny_model()
+    ours.add_lora(ModelConfig(lora_rank=4, lora_alpha=4.0))  # zero-initialised B: a no-op
+    ref = tiny_model()
+    pipe = WanVACEPipeline(tokenizer=ref.tokenizer, text_encoder=ref.text_encoder, vae=ref.vae,
+                           transformer=ref.transformer, scheduler=ref.scheduler)
+    rng = np.random.default_rng(0)
+    T, H, W = 9, 32, 48
+    frames = rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8)
+    masks = np.zeros((T, H, W), np.uint8)
+    masks[:, :16, :24] = 255
+    prompt = "[Overexposed: bright sky]; [Underexposed: none]"
+    expected = pipe(video=[Image.fromarray(f) for f in frames], mask=[Image.fromarray(m) for m in masks],
+                    prompt=prompt, height=H, width=W, num_frames=T, num_inference_steps=3,
+                    guidance_scale=guidance, generator=torch.Generator().manual_seed(0),
+                    output_type="latent").frames
+
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 255 * 2 - 1  # (1, 3, T, H, W)
+    mask = torch.from_numpy(masks)[None].float() / 255
+    context = ours.vace_context(video, mask)
+    noise = randn_tensor((1, 16, 3, H // 8, W // 8), generator=torch.Generator().manual_seed(0))
+    cond = ours.encode_text([prompt])
+    uncond = ours.encode_text([""]) if guidance > 1 else None
+    settings = InferenceSettings(num_inference_steps=3, guidance_scale=guidance, cfa=False)
+    got = denoise(ours, context, cond, uncond, noise, settings, progress=False)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=0), (got - expected).abs().max()
+
+
+def _cross_attention_out(model, text, state=None):
+    attn = model.transformer.blocks[1].attn2
+    x = torch.randn(1, 12, 128, generator=torch.Generator().manual_seed(1))
+    ctx = model.transformer.condition_embedder.text_embedder(text)
+    if state is None:
+        return attn(x, ctx)
+    with cfa_enabled(model.transformer, state):
+        return attn(x, ctx)
+
+
+def test_cfa_with_equal_embeddings_is_standard_attention():
+    m = tiny_model()
+    e = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(0))
+    standard = _cross_attention_out(m, e)
+    gates = (torch.rand(1, 12, 1) > 0.5).float()
+    cfa = _cross_attention_out(m, packed_text(e, e, e, e), CFAState(gates, 1 - gates, 3.0, 5.0))
+    assert torch.allclose(cfa, standard, atol=1e-6)
+
+
+def test_cfa_with_empty_mask_is_attention_on_null_text():
+    m = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    full, null, over, under = (torch.randn(1, 8, 32, generator=g) for _ in range(4))
+    zero = torch.zeros(1, 12, 1)
+    cfa = _cross_attention_out(m, packed_text(full, null, over, under), CFAState(zero, zero, 3.0, 3.0))
+    assert torch.allclose(cfa, _cross_attention_out(m, null), atol=1e-6)
+
+
+def test_alpha_changes_only_masked_tokens():
+    m = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    text = packed_text(*(torch.randn(1, 8, 32, generator=g) for _ in range(4)))
+    gate = torch.zeros(1, 12, 1)
+    gate[:, 3:7] = 1
+    a = _cross_attention_out(m, text, CFAState(gate, torch.zeros_like(gate), 1.0, 1.0))
+    b = _cross_attention_out(m, text, CFAState(gate, torch.zeros_like(gate), 4.0, 1.0))
+    changed = (a - b).abs().amax(-1)[0] > 1e-6
+    assert changed[3:7].all() and not changed[:3].any() and not changed[7:].any()
+
+
+def test_cfa_processors_are_removed_after_use():
+    m = tiny_model()
+    before = {n: type(p) for n, p in m.transformer.attn_processors.items()}
+    with pytest.raises(RuntimeError):
+        with cfa_enabled(m.transformer, CFAState()):
+            raise RuntimeError("boom")
+    assert {n: type(p) for n, p in m.transformer.attn_processors.items()} == before
+
+
+def test_window_tiling():
+    assert window_starts(33, 33, 8) == ([0], 33, 0)
+    assert window_starts(30, 33, 8) == ([0], 33, 0)  # padded to 4k+1
+    starts, padded, overlap = window_starts(100, 33, 17)
+    assert starts == [0, 16, 32, 48, 64, 80] and padded == 113
+    assert overlap == 17 and all(s % 4 == 0 for s in starts)
+    starts, padded, overlap = window_starts(70, 33, 8)
+    assert overlap == 9 and starts == [0, 24, 48] and padded == 81  # 8 rounded up to the 4-frame grid
+    w = [latent_blend_weights(9, s, (overlap - 1) // 4, k == 0, k == 2) for k, s in enumerate(starts)]
+    total = torch.zeros(21, dtype=torch.float64)
+    for k, s in enumerate(starts):
+        total[s // 4 : s // 4 + 9] += w[k]
+    assert torch.allclose(total, torch.ones(21, dtype=torch.float64))  # a partition of unity
+
+
+def test_long_video_has_no_seam_jump():
+    m = tiny_model()
+    t = torch.linspace(0, 1, 60)
+    frames = (0.5 + 0.4 * torch.sin(6.28 * t))[:, None, None, None].expand(60, 3, 32, 32).clone()
+    settings = InferenceSettings(num_inference_steps=3, window_overlap=17)
+    hdr = reconstruct(m, frames, parse_prompt(""), 2.2, 1000.0, settings, progress=False)
+    log = torch.log1p(hdr)
+    jumps = (log[1:] - log[:-1]).abs().mean(dim=(1, 2, 3))  # jumps[i]: frame i -> i + 1
+    seams = [s - 1 for s in window_starts(60, 33, 17)[0][1:]] + [32]  # where a window begins or ends
+    inside = [i for i in range(59) if all(abs(i - s) > 1 for s in seams)]
+    assert max(jumps[s] for s in seams) <= jumps[inside].max()
+
+
+def make_ldr_video(path, frames=20, h=40, w=56):
+    from diffhdr.color_mapping import linear_to_srgb
+    from diffhdr.io import write_video
+    from diffhdr.synthetic import render_frame
+
+    f = np.stack([render_frame(h, w, t) for t in range(frames)])
+    write_video(path, (linear_to_srgb(f) * 255).astype(np.uint8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, dataset_root):
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = write_config(tmp / "c.yaml", data={"dataset_root": str(dataset_root)},
+                       training={"num_steps": 2, "validate_every": 0}, output_dir=str(tmp / "o"))
+    run_script("train.py", "--config", cfg)
+    return tmp / "o" / "checkpoint-final"
+
+
+def test_cli_writes_half_exr_preview_and_settings(tmp_path, checkpoint):
+    import OpenEXR
+
+    video = make_ldr_video(tmp_path / "in.mp4", frames=20, h=40, w=56)  # not multiples of 16, not 4k+1
+    ref = tmp_path / "ref.png"
+    Image.fromarray(np.full((30, 30, 3), 200, np.uint8)).save(ref)
+    out = tmp_path / "out"
+    args = ["inference.py", "--input_video", video, "--output_dir", out, "--lora_checkpoint", checkpoint,
+            "--prompt", "[Overexposed: sun]; [Underexposed: room]", "--num_inference_steps", 2,
+            "--reference_image", ref]
+    run_script(*args)
+    exrs = sorted((out / "exr").glob("frame_*.exr"))
+    assert [p.name for p in exrs] == [f"frame_{i:05d}.exr" for i in range(20)]
+    with OpenEXR.File(str(exrs[0]), separate_channels=True) as f:
+        chans = f.channels()
+        assert all(c.pixels.dtype == np.float16 for c in chans.values())
+        assert chans["R"].pixels.shape == (40, 56)
+        assert all((c.pixels >= 0).all() for c in chans.values())
+    from diffhdr.io import read_video
+
+    preview, _ = read_video(out / "preview.mp4")
+    assert preview.shape == (20, 40, 56, 3)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["gamma"] == 2.2 and settings["settings"]["guidance_scale"] == 7.5
+    proc = run_script(*args, check=False)
+    assert proc.returncode == 2 and "already holds 20 frames; pass --overwrite" in proc.stderr
+    run_script(*args, "--overwrite", "--preset", "reference", "--no_cfa")
+    assert json.loads((out / "settings.json").read_text())["settings"]["scheduler"] == "euler"
+
+
+def test_cli_bad_inputs(tmp_path, checkpoint):
+    video = make_ldr_video(tmp_path / "in.mp4", frames=5)
+    (tmp_path / "bad.mp4").write_bytes(b"junk")
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    (tmp_path / "empty").mkdir()
+    broken = tmp_path / "ckpt"
+    broken.mkdir()
+    (broken / "step.txt").write_text("1")
+    cases = [
+        (["--input_video", tmp_path / "bad.mp4", "--lora_checkpoint", checkpoint], "bad.mp4: unreadable video"),
+        (["--input_video", tmp_path / "empty", "--lora_checkpoint", checkpoint], "folder holds no PNG/JPEG"),
+        (["--input_video", video, "--lora_checkpoint", broken], "checkpoint lacks adapter_config.json"),
+        (["--input_video", video, "--lora_checkpoint", checkpoint, "--reference_image", tmp_path / "bad.png"],
+         "bad.png: cannot read image"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        proc = run_script("inference.py", "--output_dir", tmp_path / f"o{i}", *args, check=False)
+        assert proc.returncode == 2, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert message in last and "Traceback" not in proc.stderr
+
+
+def test_free_text_prompt_is_used_for_both_regions(caplog):
+    cap = parse_prompt("a sunny beach")
+    assert cap.over == cap.under == "a sunny beach"
+    assert "not in the" in caplog.text

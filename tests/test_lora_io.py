@@ -1,0 +1,125 @@
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffhdr.config import ModelConfig
+from diffhdr.io import InputError
+from diffhdr.lora_io import export_lora, load_adapter, load_reference_lora, save_adapter
+from diffhdr.model import DiffHDRModel, discover_lora_targets
+from diffhdr.tiny import resolve_backbone
+
+
+def tiny_model():
+    return DiffHDRModel.from_pretrained(resolve_backbone("tiny"), dtype=torch.float32)
+
+
+def randomize_lora(transformer, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in transformer.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        hidden_states=torch.randn(1, 16, 2, 4, 4, generator=g),
+        timestep=torch.tensor([500.0]),
+        encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+        control_hidden_states=torch.randn(1, 96, 2, 4, 4, generator=g),
+        return_dict=False,
+    )
+
+
+def test_targets_are_discovered_not_hardcoded():
+    m = tiny_model()
+    main = discover_lora_targets(m.transformer, "main", ModelConfig().lora_target_suffixes)
+    vace = discover_lora_targets(m.transformer, "vace", ModelConfig().lora_target_suffixes)
+    assert len(main) == 4 * 10 and len(vace) == 2 * 10  # per block: 8 attention + 2 FFN linears
+    assert all(n.startswith("blocks.") for n in main) and all(n.startswith("vace_blocks.") for n in vace)
+    assert "blocks.0.attn1.to_out.0" in main and "blocks.0.ffn.net.0.proj" in main
+    m.add_lora(ModelConfig(lora_rank=4, lora_alpha=4.0))
+    assert not any(p.requires_grad for n, p in m.transformer.named_parameters() if n.startswith("vace_blocks."))
+
+
+def test_adapter_save_load_round_trip(tmp_path):
+    a = tiny_model()
+    a.add_lora(ModelConfig(lora_rank=4, lora_alpha=8.0))
+    randomize_lora(a.transformer)
+    save_adapter(a.transformer, tmp_path)
+    b = tiny_model()
+    load_adapter(b.transformer, tmp_path)
+    assert torch.equal(a.transformer(**inputs())[0], b.transformer(**inputs())[0])
+
+
+def test_diffusers_export_round_trips_through_load_lora_weights(tmp_path):
+    from diffusers import WanVACEPipeline
+
+    a = tiny_model()
+    a.add_lora(ModelConfig(lora_rank=4, lora_alpha=8.0))  # alpha != rank: the scale must survive
+    randomize_lora(a.transformer)
+    n = export_lora(a.transformer, tmp_path / "pytorch_lora_weights.safetensors", "diffusers")
+    assert n == 2 * 40
+    b = tiny_model()
+    pipe = WanVACEPipeline(tokenizer=b.tokenizer, text_encoder=b.text_encoder, vae=b.vae,
+                           transformer=b.transformer, scheduler=b.scheduler)
+    pipe.load_lora_weights(str(tmp_path))
+    out_a = a.transformer(**inputs())[0]
+    out_b = b.transformer(**inputs())[0]
+    assert not torch.allclose(out_b, tiny_model().transformer(**inputs())[0])  # the LoRA did something
+    assert torch.allclose(out_a, out_b, atol=1e-5)
+
+
+def test_comfyui_export_uses_wan_names(tmp_path):
+    a = tiny_model()
+    a.add_lora(ModelConfig(lora_rank=4, lora_alpha=4.0))
+    export_lora(a.transformer, tmp_path / "comfy.safetensors", "comfyui")
+    keys = load_file(tmp_path / "comfy.safetensors")
+    assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in keys
+    assert "diffusion_model.blocks.3.ffn.2.lora_B.weight" in keys
+    assert "diffusion_model.blocks.1.cross_attn.o.lora_A.weight" in keys
+
+
+def release_state(transformer, rank=4, seed=1):
+    """A LoRA in the authors' DiffSynth key layout for the tiny model's VACE blocks."""
+    g = torch.Generator().manual_seed(seed)
+    dims = {"self_attn.q": (128, 128), "self_attn.k": (128, 128), "self_attn.v": (128, 128),
+            "self_attn.o": (128, 128), "cross_attn.q": (128, 128), "cross_attn.k": (128, 128),
+            "cross_attn.v": (128, 128), "cross_attn.o": (128, 128), "ffn.0": (128, 256), "ffn.2": (256, 128)}
+    state = {}
+    for i in range(len(transformer.vace_blocks)):
+        for name, (din, dout) in dims.items():
+            state[f"vace_blocks.{i}.{name}.lora_A.default.weight"] = torch.randn(rank, din, generator=g) * 0.1
+            state[f"vace_blocks.{i}.{name}.lora_B.default.weight"] = torch.randn(dout, rank, generator=g) * 0.1
+    return state
+
+
+def test_release_layout_loads_with_every_key_consumed(tmp_path):
+    m = tiny_model()
+    base_q = m.transformer.vace_blocks[1].attn2.to_q.weight.detach().clone()
+    state = release_state(m.transformer)
+    assert len(state) == 2 * 20  # 160 for the 14B model's 8 blocks
+    save_file(state, tmp_path / "DiffHDR.safetensors")
+    assert load_reference_lora(m.transformer, tmp_path / "DiffHDR.safetensors") == 20
+    # W x + B A x for one module, alpha = rank -> scale 1
+    lin = m.transformer.vace_blocks[1].attn2.to_q
+    x = torch.randn(3, 128)
+    a = state["vace_blocks.1.cross_attn.q.lora_A.default.weight"]
+    b = state["vace_blocks.1.cross_attn.q.lora_B.default.weight"]
+    expected = x @ base_q.T + lin.base_layer.bias + x @ a.T @ b.T
+    assert torch.allclose(lin(x), expected, atol=1e-5)
+
+
+def test_release_layout_rejects_mismatches(tmp_path):
+    m = tiny_model()
+    state = release_state(m.transformer)
+    state["vace_blocks.0.self_attn.q.lora_A.default.weight"] = torch.zeros(4, 64)
+    save_file(state, tmp_path / "bad.safetensors")
+    with pytest.raises(InputError, match="bad.safetensors: .*shape"):
+        load_reference_lora(tiny_model().transformer, tmp_path / "bad.safetensors")
+    state = release_state(m.transformer)
+    state["vace_blocks.0.self_attn.norm_q.lora_A.default.weight"] = torch.zeros(4, 128)
+    save_file(state, tmp_path / "odd.safetensors")
+    with pytest.raises(InputError, match="unexpected key"):
+        load_reference_lora(tiny_model().transformer, tmp_path / "odd.safetensors")
