@@ -25,6 +25,7 @@ from diffhdr.cli import run
 from diffhdr.config import load_config
 from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate
 from diffhdr.model import DiffHDRModel, torch_dtype
+from diffhdr.runtime import use_fp8_training_linears
 from diffhdr.tiny import resolve_backbone
 from diffhdr.training import batch_loss, lr_lambda, preflight, step_generator, validation_loss, write_validation_sample
 
@@ -70,7 +71,11 @@ def main(argv=None):
         if acc.is_main_process:
             print(line, flush=True)
     if cfg.model.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing(save_attention=cfg.model.checkpoint_save_attention)
+    if acc.device.type == "cuda":
+        model.transformer.set_attention_backend(cfg.model.attention_backend)
+    if cfg.model.fp8_base:
+        log.info("fp8 GEMMs in %d frozen linears", use_fp8_training_linears(model.transformer))
     model.vae.to(acc.device)
     model.text_encoder.to(acc.device)
     color = {"gamma": cfg.color_mapping.gamma, "M": cfg.color_mapping.M, "base_model": str(base),

@@ -52,6 +52,58 @@ def _vae_latent_stats(vae, device) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
+_SDPA_OPS = {
+    getattr(torch.ops.aten, name)
+    for name in (
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+    )
+    if hasattr(torch.ops.aten, name)
+}
+
+
+def _save_self_attention_policy(ctx, op, *args, **kwargs):
+    """Keep SDPA results whose keys are long (self-attention over the video tokens); cross-attention
+    over 512 text tokens is cheap to recompute."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    if op in _SDPA_OPS and args[1].shape[-2] > 2048:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _save_self_attention_context():
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(_save_self_attention_policy)
+
+
+def enable_gradient_checkpointing(transformer, blocks: str | int = "all", save_attention: int = 0) -> None:
+    """Recompute main blocks in backward. `blocks` = "all" or the number of leading main
+    blocks to recompute (the rest keep their activations, where memory allows).
+    In the first `save_attention` blocks (-1: all) the self-attention outputs are kept (~0.33 GB a
+    block at 720p) and only the cheap rest is recomputed: backward never re-runs that attention.
+    A VACE block without trainable weights runs under no_grad: its inputs carry no
+    gradient, so it needs neither saved activations nor a recompute."""
+    main = list(transformer.blocks)
+    n = len(main) if blocks == "all" else int(blocks)
+    recompute = {id(b) for b in main[:n]}
+    keep = {id(b) for b in (main if save_attention < 0 else main[:save_attention])}
+
+    def run(block, *args):
+        if id(block) in recompute:
+            fn = _save_self_attention_context if id(block) in keep else torch.utils.checkpoint.noop_context_fn
+            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False, context_fn=fn)
+        if not any(p.requires_grad for p in block.parameters()):
+            with torch.no_grad():
+                return block(*args)
+        return block(*args)
+
+    transformer.enable_gradient_checkpointing(gradient_checkpointing_func=run)
+
+
 class DiffHDRModel(nn.Module):
     def __init__(self, transformer, vae, text_encoder, tokenizer, scheduler=None, base_model: str = ""):
         super().__init__()
@@ -124,24 +176,8 @@ class DiffHDRModel(nn.Module):
         params = list(self.transformer.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
-    def enable_gradient_checkpointing(self, blocks: str | int = "all") -> None:
-        """Recompute main blocks in backward. `blocks` = "all" or the number of leading main
-        blocks to recompute (the rest keep their activations: less recompute where memory allows).
-        A VACE block without trainable weights runs under no_grad: its inputs carry no
-        gradient, so it needs neither saved activations nor a recompute."""
-        main = list(self.transformer.blocks)
-        n = len(main) if blocks == "all" else int(blocks)
-        recompute = {id(b) for b in main[:n]}
-
-        def run(block, *args):
-            if id(block) in recompute:
-                return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
-            if not any(p.requires_grad for p in block.parameters()):
-                with torch.no_grad():
-                    return block(*args)
-            return block(*args)
-
-        self.transformer.enable_gradient_checkpointing(gradient_checkpointing_func=run)
+    def enable_gradient_checkpointing(self, blocks: str | int = "all", save_attention: int = 0) -> None:
+        enable_gradient_checkpointing(self.transformer, blocks, save_attention)
 
     # ------------------------------------------------------------------ VAE (always float32)
     @torch.no_grad()

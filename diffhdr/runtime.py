@@ -49,6 +49,73 @@ class Float8Linear(nn.Module):
         return out.reshape(*shape[:-1], self.out_features)
 
 
+class _Float8MatMul(torch.autograd.Function):
+    """y = x W^T with e4m3 operands for a frozen W; backward gives dx (dW is never needed)."""
+
+    @staticmethod
+    def forward(ctx, x2, w_row, s_row, w_colT, s_col, out_dtype):
+        ctx.save_for_backward(w_colT, s_col)
+        ctx.out_dtype = out_dtype
+        xq, xs = _quantize_rows(x2)
+        return torch._scaled_mm(xq, w_row.t(), scale_a=xs, scale_b=s_row, out_dtype=out_dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        w_colT, s_col = ctx.saved_tensors
+        dq, ds = _quantize_rows(dy.contiguous())
+        dx = torch._scaled_mm(dq, w_colT.t(), scale_a=ds, scale_b=s_col, out_dtype=ctx.out_dtype)
+        return dx, None, None, None, None, None
+
+
+def _quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    s = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX  # (M, 1)
+    return (x2 / s).to(torch.float8_e4m3fn), s
+
+
+class Float8TrainLinear(nn.Module):
+    """A frozen nn.Linear for training: fp8 in forward and in the input-gradient GEMM.
+    Keeps W/row-scale (N, K) for x W^T and W/column-scale, transposed (K, N), for dy W;
+    together as large as the bf16 weight they replace."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        s_row = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX  # (N, 1)
+        s_col = w.abs().amax(dim=0, keepdim=True).clamp(min=1e-12) / FP8_MAX  # (1, K)
+        self.register_buffer("w_row", (w / s_row).to(torch.float8_e4m3fn))
+        self.register_buffer("s_row", s_row.t().contiguous())
+        self.register_buffer("w_colT", (w / s_col).t().contiguous().to(torch.float8_e4m3fn))
+        self.register_buffer("s_col", s_col.contiguous())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    @property
+    def weight(self):  # peft reads base_layer.weight for its dtype and shape
+        return self.w_row
+
+    def forward(self, x):
+        dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+        y = _Float8MatMul.apply(x2, self.w_row, self.s_row, self.w_colT, self.s_col, dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def use_fp8_training_linears(transformer: nn.Module, prefix: str = "blocks.") -> int:
+    """Swap the frozen base linears of the main blocks (inside LoRA wrappers too) for Float8TrainLinear."""
+    swapped = 0
+    for name, module in list(transformer.named_modules()):
+        if not name.startswith(prefix):
+            continue
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.Linear and not child.weight.requires_grad and child.in_features % 16 == 0 \
+                    and child.out_features % 16 == 0:
+                setattr(module, child_name, Float8TrainLinear(child))
+                swapped += 1
+    return swapped
+
+
 def use_fp8_linears(transformer: nn.Module, prefixes=("blocks.", "vace_blocks.")) -> int:
     """Swap the block linears (LoRA merged first) for Float8Linear. Returns how many."""
     if getattr(transformer, "peft_config", None):

@@ -1,0 +1,98 @@
+"""Shared by the benchmarks: a model of the real 14B shapes with random weights, timing, JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment(device) -> dict:
+    import diffusers
+
+    env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()}
+    try:
+        import peft
+
+        env["peft"] = peft.__version__
+    except ImportError:
+        pass
+    if torch.device(device).type == "cuda":
+        env["device"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    else:
+        env["device"] = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return env
+
+
+def build_transformer(config: dict, device, dtype=torch.bfloat16):
+    """WanVACETransformer3DModel with random weights, created directly in `dtype` on `device`."""
+    from diffusers import WanVACETransformer3DModel
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            model = WanVACETransformer3DModel(**config)
+    finally:
+        torch.set_default_dtype(old)
+    return model.eval()
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def timed(device, out: list):
+    sync(device)
+    t = time.perf_counter()
+    yield
+    sync(device)
+    out.append(time.perf_counter() - t)
+
+
+def reset_peak(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device) -> float | None:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return None
+
+
+def free(device):
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def write_json(name: str, payload: dict, extra_dir: str | None = None) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = payload["environment"]["device"].split(" (")[0].replace(" ", "_")
+    path = RESULTS / f"{name}_{tag}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    if extra_dir:
+        Path(extra_dir).mkdir(parents=True, exist_ok=True)
+        (Path(extra_dir) / path.name).write_text(path.read_text())
+    return path
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in cols]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(fmt(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)) for r in rows]
+    return "\n".join(lines)

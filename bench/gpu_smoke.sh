@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The real CLIs on a GPU with the tiny model: bf16 training with cuDNN attention, selective
+# checkpointing and fp8 base GEMMs, then inference in every speed and memory mode.
+# Usage: bash bench/gpu_smoke.sh OUTDIR
+set -euo pipefail
+out=${1:-/tmp/gpu_smoke}
+mkdir -p "$out"
+work=$(mktemp -d)
+export DIFFHDR_TINY_DIR=$work/tiny
+python3 -c "from diffhdr.synthetic import write_dataset; write_dataset('$work/data', sequences=3, frames=21, h=48, w=64)"
+cat > "$work/gpu.yaml" <<YAML
+model: {backbone: tiny, lora_rank: 4, lora_alpha: 4.0, gradient_checkpointing: true, fp8_base: true, dtype: bfloat16}
+data: {dataset_root: $work/data, val_split: 1, sequence_frames: 21, num_workers: 2}
+training: {num_steps: 20, log_every: 5, checkpoint_every: 10, validate_every: 10, resolution: [5, 32, 32], mixed_precision: bf16, learning_rate: 1.0e-3}
+output_dir: $work/ckpt
+YAML
+python3 train.py --config "$work/gpu.yaml" 2>&1 | tee "$out/train.log"
+python3 -c "
+import numpy as np
+from diffhdr.synthetic import render_frame
+from diffhdr.color_mapping import linear_to_srgb
+from diffhdr.io import write_video
+write_video('$work/ldr.mp4', (linear_to_srgb(np.stack([render_frame(72, 100, t) for t in range(40)])) * 255).astype(np.uint8))"
+for speed in naive default fast; do
+  for memory in full low offload; do
+    python3 inference.py --input_video "$work/ldr.mp4" --output_dir "$work/out_${speed}_$memory" \
+      --lora_checkpoint "$work/ckpt/checkpoint-final" --prompt "[Overexposed: sun]; [Underexposed: room]" \
+      --num_inference_steps 4 --speed $speed --memory $memory --device cuda 2>&1 | grep -v "it/s" | tee -a "$out/infer.log"
+    ls "$work/out_${speed}_$memory/exr" | wc -l | sed "s/^/$speed $memory frames: /" | tee -a "$out/infer.log"
+  done
+done
