@@ -76,6 +76,8 @@ def main(argv=None):
         model.transformer.set_attention_backend(cfg.model.attention_backend)
     if cfg.model.fp8_base:
         log.info("fp8 GEMMs in %d frozen linears", use_fp8_training_linears(model.transformer))
+    if cfg.model.compile and acc.device.type == "cuda":
+        model.transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
     model.vae.to(acc.device)
     model.text_encoder.to(acc.device)
     color = {"gamma": cfg.color_mapping.gamma, "M": cfg.color_mapping.M, "base_model": str(base),

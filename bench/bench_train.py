@@ -6,11 +6,11 @@
 Recipes, all with LoRA r=32 on the main blocks (peft), bf16 weights, the same random inputs:
   naive      diffusers + peft as documented: enable_gradient_checkpointing() on every block
              (VACE blocks included), the default SDPA kernel
-  cudnn      naive + the cuDNN SDPA kernel
-  ours       cudnn + VACE blocks under no_grad + selective recompute: self-attention outputs are
-             kept, everything else recomputed (diffhdr.model.enable_gradient_checkpointing)
-  ours_sac24 ours, keeping the attention of the first 24 blocks only (less memory)
-  ours_fp8   ours + fp8 (e4m3, row-wise scaled) GEMMs for the frozen base linears, forward and dx
+  ours       + the cuDNN SDPA kernel, VACE blocks under no_grad, selective recompute: self-attention
+             outputs are kept, the rest recomputed (diffhdr.model.enable_gradient_checkpointing)
+  ours_compiled      ours + torch.compile of the repeated blocks
+  ours_fp8_compiled  ours_compiled + fp8 (e4m3, row-wise scaled) GEMMs for the frozen base
+                     linears, forward and dx
 The VAE and text encoder are not timed (precomputed latents; the same cost for every recipe).
 """
 
@@ -31,7 +31,7 @@ from diffhdr.model import discover_lora_targets, enable_gradient_checkpointing  
 from diffhdr.runtime import use_fp8_training_linears  # noqa: E402
 from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
 
-RECIPES = ("naive", "cudnn", "ours", "ours_sac24", "ours_fp8")
+RECIPES = ("naive", "ours", "ours_compiled", "ours_fp8_compiled")
 
 
 def make_inputs(cfg, frames, h, w, device):
@@ -52,15 +52,16 @@ def build(recipe, cfg, rank, device):
     transformer.requires_grad_(False)
     targets = discover_lora_targets(transformer, "main", ModelConfig().lora_target_suffixes)
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
-    if recipe == "naive" or recipe == "cudnn":
+    if recipe == "naive":
         transformer.enable_gradient_checkpointing()
     else:
-        keep = 24 if recipe == "ours_sac24" else -1
-        enable_gradient_checkpointing(transformer, save_attention=keep)  # what train.py runs
+        enable_gradient_checkpointing(transformer, save_attention=-1)  # what train.py runs
     if recipe != "naive" and torch.device(device).type == "cuda":
         transformer.set_attention_backend("_native_cudnn")
-    if recipe == "ours_fp8":
+    if "fp8" in recipe:
         use_fp8_training_linears(transformer)
+    if "compiled" in recipe:
+        transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
     transformer.train()
     return transformer
 
@@ -98,7 +99,7 @@ def main():
                 with common.timed(device, times):
                     losses.append(micro_step(transformer, inp).item())
                 if i == 0:
-                    grads[recipe] = torch.cat([p.grad.flatten().float().cpu() for p in params])
+                    grads[recipe] = torch.cat([p.grad.flatten().double().cpu() for p in params])
                 for prm in params:
                     prm.grad = None
         except Exception as e:  # e.g. out of memory: report it, measure the other recipes

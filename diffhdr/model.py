@@ -52,8 +52,9 @@ def _vae_latent_stats(vae, device) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
+# Overloads, not packets: a selective-checkpoint policy is called with `aten.<op>.default`.
 _SDPA_OPS = {
-    getattr(torch.ops.aten, name)
+    getattr(torch.ops.aten, name).default
     for name in (
         "_scaled_dot_product_flash_attention",
         "_scaled_dot_product_cudnn_attention",
@@ -64,12 +65,15 @@ _SDPA_OPS = {
 }
 
 
+SELF_ATTENTION_MIN_KEYS = 1024  # more keys than the 512 text tokens: self-attention over video
+
+
 def _save_self_attention_policy(ctx, op, *args, **kwargs):
     """Keep SDPA results whose keys are long (self-attention over the video tokens); cross-attention
-    over 512 text tokens is cheap to recompute."""
+    over the text is cheap to recompute."""
     from torch.utils.checkpoint import CheckpointPolicy
 
-    if op in _SDPA_OPS and args[1].shape[-2] > 2048:
+    if op in _SDPA_OPS and args[1].shape[-2] > SELF_ATTENTION_MIN_KEYS:
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 

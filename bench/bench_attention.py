@@ -1,0 +1,61 @@
+"""Which SDPA kernel is fastest at DiffHDR's self-attention shape? (B=1, 40 heads, 32,400 tokens, 128)
+
+    python bench/bench_attention.py
+
+Times forward and forward+backward of torch's scaled_dot_product_attention for the default
+choice and each backend forced, in TFLOP/s (4 S^2 D H per forward, 2.5x that for backward).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+BACKENDS = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def main():
+    device = "cuda"
+    b, h, s, d = 1, 40, 32400, 128
+    q, k, v = (torch.randn(b, h, s, d, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    flop = 4 * s * s * d * h
+    rows = []
+    for name, backend in BACKENDS.items():
+        ctx = sdpa_kernel(backend) if backend is not None else torch.nn.attention.sdpa_kernel(list(SDPBackend))
+        fwd, both = [], []
+        try:
+            with ctx:
+                for i in range(4):
+                    with common.timed(device, fwd):
+                        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                    with common.timed(device, both):
+                        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                        out.backward(torch.ones_like(out))
+        except RuntimeError as e:
+            rows.append({"backend": name, "error": str(e).splitlines()[0][:200]})
+            continue
+        f, fb = min(fwd[1:]), min(both[1:])
+        rows.append({"backend": name, "fwd_ms": 1e3 * f, "fwd_TFLOPs": flop / f / 1e12,
+                     "fwd_bwd_ms": 1e3 * fb, "fwd_bwd_TFLOPs": 3.5 * flop / fb / 1e12})
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        torch.cuda.synchronize()
+    kernels = sorted({e.key for e in prof.key_averages() if "attn" in e.key.lower() or "fmha" in e.key.lower()
+                      or "flash" in e.key.lower() or "cudnn" in e.key.lower()})
+    print(common.table(rows, ["backend", "fwd_ms", "fwd_TFLOPs", "fwd_bwd_ms", "fwd_bwd_TFLOPs"]))
+    print("default kernel(s):", kernels)
+    payload = {"benchmark": "sdpa_backends", "environment": common.environment(device),
+               "config": {"batch": b, "heads": h, "tokens": s, "head_dim": d, "dtype": "bfloat16"},
+               "default_kernels": kernels, "results": rows}
+    print("wrote", common.write_json("attention", payload, sys.argv[1] if len(sys.argv) > 1 else None))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+import torch
+from torch.utils.checkpoint import CheckpointPolicy
+
+import diffhdr.model as model_mod
+from diffhdr.config import ModelConfig
+from diffhdr.model import DiffHDRModel, enable_gradient_checkpointing
+from diffhdr.tiny import resolve_backbone
+
+POLICY = model_mod._save_self_attention_policy
+
+
+def forward_backward(save_attention, monkeypatch):
+    """Forward + backward of the tiny model; which attention results did the policy keep?"""
+    monkeypatch.setattr(model_mod, "SELF_ATTENTION_MIN_KEYS", 16)  # tiny: 128 video tokens, 8 text
+    kept = []
+
+    def counting(ctx, op, *args, **kwargs):
+        decision = POLICY(ctx, op, *args, **kwargs)
+        if decision == CheckpointPolicy.MUST_SAVE and not ctx.is_recompute:
+            kept.append(args[1].shape[-2])
+        return decision
+
+    monkeypatch.setattr(model_mod, "_save_self_attention_policy", counting)
+    m = DiffHDRModel.from_pretrained(resolve_backbone("tiny"), dtype=torch.float32)
+    torch.manual_seed(0)  # the same LoRA initialisation every call
+    m.add_lora(ModelConfig(lora_rank=4, lora_alpha=4.0))
+    enable_gradient_checkpointing(m.transformer, save_attention=save_attention)
+    m.transformer.train()
+    g = torch.Generator().manual_seed(0)
+    out = m.transformer(hidden_states=torch.randn(1, 16, 2, 16, 16, generator=g), timestep=torch.tensor([300.0]),
+                        encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                        control_hidden_states=torch.randn(1, 96, 2, 16, 16, generator=g), return_dict=False)[0]
+    out.pow(2).mean().backward()
+    return kept, torch.cat([p.grad.flatten() for p in m.transformer.parameters() if p.requires_grad])
+
+
+def test_selective_checkpointing_keeps_self_attention_only(monkeypatch):
+    kept_none, g_none = forward_backward(0, monkeypatch)
+    kept_all, g_all = forward_backward(-1, monkeypatch)
+    kept_two, g_two = forward_backward(2, monkeypatch)
+    assert kept_none == [] and kept_all == [128] * 4 and kept_two == [128] * 2  # 4 main blocks, video keys
+    assert torch.allclose(g_none, g_all, atol=1e-7) and torch.allclose(g_none, g_two, atol=1e-7)
