@@ -9,7 +9,8 @@ Default recipe = the authors' release (reference-facts section 3):
 3. Camera response: none (a hard clip) in the release; "gamma" / "filmic" / "random" add a tone curve.
 4. sRGB OETF, clip to [0, 1], quantise with floor(s * 255) / 255 (uint8 truncation).
 
-All randomness comes from the torch.Generator passed in, so a seed reproduces a clip exactly.
+All randomness comes from the torch.Generator passed in, so a seed reproduces a clip exactly
+(on the generator's device: training runs this on the GPU, where it takes milliseconds).
 Shapes: (T, 3, H, W).
 """
 
@@ -25,7 +26,7 @@ from .config import AugmentationConfig
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float, shape=()) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(shape, generator=g)
+    return lo + (hi - lo) * torch.rand(shape, generator=g, device=g.device)
 
 
 def draw_ev(g: torch.Generator, cfg: AugmentationConfig) -> int:
@@ -39,7 +40,7 @@ def sensor_noise(x: torch.Tensor, g: torch.Generator, cfg: AugmentationConfig) -
     sig_c = _uniform(g, 0.0, cfg.noise_const_sigma_max, (1, 3, 1, 1))
     std = torch.sqrt((x / full).clamp_min(0) * sig_s**2 + sig_c**2)
     rho = cfg.noise_temporal_rho
-    u = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    u = torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
     z = torch.empty_like(x)
     z[0] = u[0]
     for t in range(1, x.shape[0]):
@@ -50,7 +51,7 @@ def sensor_noise(x: torch.Tensor, g: torch.Generator, cfg: AugmentationConfig) -
 def camera_response(x: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:
     """A tone curve applied to linear radiance before the sRGB encoding ("none" = hard clip)."""
     if kind == "random":
-        kind = ["none", "gamma", "filmic"][int(torch.randint(0, 3, (), generator=g))]
+        kind = ["none", "gamma", "filmic"][int(torch.randint(0, 3, (), generator=g, device=g.device))]
     if kind == "none":
         return x
     if kind == "gamma":  # a mild contrast/gamma change, as consumer cameras apply
@@ -77,7 +78,7 @@ def synthesize_ldr(hdr: torch.Tensor, g: torch.Generator, cfg: AugmentationConfi
     ev = draw_ev(g, cfg) if ev is None else ev
     exposed = (hdr * 2.0**ev).clamp(0.0, cfg.radiance_clip)
     x = exposed
-    if float(torch.rand((), generator=g)) < cfg.noise_prob:
+    if float(torch.rand((), generator=g, device=g.device)) < cfg.noise_prob:
         x = sensor_noise(x, g, cfg)
     x = camera_response(x, cfg.camera_response, g)
     ldr = quantize_8bit(linear_to_srgb(x))
@@ -95,7 +96,7 @@ def grey_fill(
     """Paint masked pixels sRGB grey: under-exposed always (when used), over-exposed with
     probability `over_fill_prob` per clip (the release's training recipe). Masks (T, H, W)."""
     fill = under if use_under else torch.zeros_like(under)
-    if g is not None and float(torch.rand((), generator=g)) < cfg.over_fill_prob:
+    if g is not None and float(torch.rand((), generator=g, device=g.device)) < cfg.over_fill_prob:
         fill = torch.maximum(fill, over)
     m = fill[:, None] > 0.5
     return torch.where(m, torch.full_like(ldr, cfg.grey_value), ldr)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from .color_mapping import from_vae_range, linear_to_srgb, log_gamma_decode, reinhard_global
+from .color_mapping import linear_to_srgb, reinhard_global
 from .config import Config
+from .dataset import condition_batch
 from .io import write_exr
 from .losses import add_noise, flow_matching_loss, reference_weight, sample_sigmas
 
@@ -23,11 +24,9 @@ def batch_loss(model, batch: dict, cfg: Config, g: torch.Generator, device) -> t
     """Flow-matching loss of one batch (see losses.py). The VAE, the text encoder and the VACE
     context carry no gradient; only the DiT forward (with LoRA) does."""
     with torch.no_grad():
-        if batch["latent"] is not None:
-            x0 = batch["latent"].to(device)
-        else:
-            x0 = model.encode_video(batch["target"].to(device))
-        context = model.vace_context(batch["control"].to(device), batch["mask"].to(device))
+        cond = condition_batch(batch, cfg, device)
+        x0 = batch["latent"].to(device) if cond.target is None else model.encode_video(cond.target)
+        context = model.vace_context(cond.control, cond.mask)
         text = model.encode_text(batch["prompt"]).to(device)
     t = cfg.training
     sigmas = sample_sigmas(x0.shape[0], g, t.timestep_sampling, t.timestep_shift)
@@ -80,14 +79,15 @@ def validation_loss(model, dataset, cfg: Config, device, max_items: int = 8) -> 
 
 
 def write_validation_sample(model, item, cfg: Config, out_dir: Path, steps: int, device) -> Path:
-    """Reconstruct one held-out clip from its LDR condition; write EXR frames and a PNG strip."""
+    """Reconstruct one held-out clip from its synthetic LDR; write EXR frames and a PNG strip."""
     from PIL import Image
 
+    from .dataset import collate
     from .pipeline import InferenceSettings, reconstruct
     from .prompting import parse_prompt
 
     gm = (cfg.color_mapping.gamma, cfg.color_mapping.M)
-    ldr = linear_to_srgb(log_gamma_decode(from_vae_range(item.control), *gm)).permute(1, 0, 2, 3)
+    ldr = condition_batch(collate([item]), cfg, device).ldr[0].cpu()  # (T, 3, H, W) sRGB
     settings = InferenceSettings(num_inference_steps=steps, masks=cfg.masks)
     hdr = reconstruct(model, ldr, parse_prompt(item.prompt), *gm, settings, device=device, progress=False)
     out_dir.mkdir(parents=True, exist_ok=True)

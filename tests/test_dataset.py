@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffhdr.color_mapping import from_vae_range, log_gamma_decode
-from diffhdr.dataset import HDRVideoDataset, latent_path
+from diffhdr.dataset import HDRVideoDataset, collate, condition_batch, latent_path
 from diffhdr.io import InputError, write_exr
 from diffhdr.synthetic import write_dataset
 
@@ -15,13 +15,18 @@ def test_items_shapes_and_ranges(tiny_cfg):
     assert len(ds) == 2  # 3 sequences, last one held out
     item = ds[0]
     T, H, W = tiny_cfg.training.resolution
-    assert item.target.shape == (3, T, H, W) and item.control.shape == (3, T, H, W)
-    assert item.mask.shape == (T, H, W) and set(item.mask.unique().tolist()) <= {0.0, 1.0}
-    assert -1 <= item.target.min() and item.target.max() <= 1
+    assert item.hdr.shape == (T, 3, H, W) and item.latent is None
+    cond = condition_batch(collate([item]), tiny_cfg, "cpu")
+    assert cond.target.shape == (1, 3, T, H, W) and cond.control.shape == (1, 3, T, H, W)
+    assert cond.mask.shape == (1, T, H, W) and set(cond.mask.unique().tolist()) <= {0.0, 1.0}
+    assert -1 <= cond.target.min() and cond.target.max() <= 1
+    assert cond.control.max() < cond.target.max()  # the LDR clips what the HDR keeps
     assert item.prompt.startswith("[Overexposed:")
     # the target decodes back to radiance: the sun stays far above what 8 bits can hold
-    lin = log_gamma_decode(from_vae_range(item.target), tiny_cfg.color_mapping.gamma, tiny_cfg.color_mapping.M)
+    lin = log_gamma_decode(from_vae_range(cond.target), tiny_cfg.color_mapping.gamma, tiny_cfg.color_mapping.M)
     assert lin.max() > 100
+    again = condition_batch(collate([item]), tiny_cfg, "cpu")
+    assert torch.equal(cond.control, again.control)  # the item's seed reproduces its augmentation
 
 
 def test_split_and_determinism(tiny_cfg):
@@ -29,7 +34,7 @@ def test_split_and_determinism(tiny_cfg):
     assert {s.name for s in train.seqs}.isdisjoint({s.name for s in val.seqs})
     assert val.seqs[-1].name == "sequence_002"
     a, b = train[5], train[5]
-    assert torch.equal(a.control, b.control) and a.start == b.start
+    assert torch.equal(a.hdr, b.hdr) and a.start == b.start and a.seed == b.seed and a.ev == b.ev
 
 
 def test_too_large_val_split(tiny_cfg):
@@ -52,7 +57,7 @@ def test_bad_frames(tmp_path, tiny_cfg):
     with pytest.raises(InputError, match=r"frame_000\d\d.exr: 9 NaN, 0 Inf and 3 negative"):
         ds[0]
     tiny_cfg.data.invalid_pixels = "clamp"
-    assert torch.isfinite(HDRVideoDataset(tiny_cfg, "train")[0].target).all()
+    assert torch.isfinite(HDRVideoDataset(tiny_cfg, "train")[0].hdr).all()
     (ds.seqs[0] / "frame_00020.exr").unlink()
     (ds.seqs[1] / "frame_00020.exr").unlink()
     with pytest.raises(InputError, match="20 frames matching"):
@@ -86,14 +91,14 @@ def test_cached_latents_center_crop_flip_and_config_check(tmp_path, tiny_cfg):
                                                          "resolution": [32, 32]}))
     ds = HDRVideoDataset(tiny_cfg, "train")
     items = [ds[d] for d in range(8)]
-    assert all(i.start == 7 and i.ev == 0 and i.target is None for i in items)
+    assert all(i.start == 7 and i.ev == 0 and i.hdr is None for i in items)
     flipped = [torch.equal(i.latent, lat.flip(-1)) for i in items]
     assert any(flipped) and not all(flipped)
     assert all(torch.equal(i.latent, lat) for i, f in zip(items, flipped) if not f)
     # the LDR condition is the centre crop, the flip applied to it alike
     f0 = [i for i, f in zip(items, flipped) if not f][0]
     f1 = [i for i, f in zip(items, flipped) if f][0]
-    assert torch.allclose(f0.control, f1.control.flip(-1))
+    assert torch.equal(f0.ldr_source, f1.ldr_source.flip(-1))
     (root / "latent_config.json").write_text(json.dumps({"gamma": 2.2, "M": 65536.0}))
     with pytest.raises(InputError, match="latent_config.json: cached latents were made with M=65536.0"):
         HDRVideoDataset(tiny_cfg, "train")
