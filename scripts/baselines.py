@@ -1,0 +1,39 @@
+"""Run a classical inverse tone-mapping baseline on an LDR video; writes the same layout as
+inference.py (exr/, preview.mp4, settings.json), so evaluate.py scores it the same way.
+
+    python scripts/baselines.py --method akyuz --input_video clip.mp4 --output_dir out_akyuz/
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from diffhdr.baselines import BASELINES
+from diffhdr.cli import run
+from diffhdr.io import read_video
+from diffhdr.outputs import prepare_output_dir, write_outputs
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", choices=sorted(BASELINES), required=True)
+    p.add_argument("--input_video", required=True)
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--peak", type=float, default=10.0, help="akyuz: peak relative to diffuse white")
+    p.add_argument("--gamma", type=float, default=1.0, help="akyuz: expansion exponent")
+    p.add_argument("--gain", type=float, default=1.0, help="linear: global gain")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    out = prepare_output_dir(Path(a.output_dir), a.overwrite)
+    frames, fps = read_video(a.input_video)
+    srgb = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    params = {"gain": a.gain} if a.method == "linear" else {"peak": a.peak, "gamma": a.gamma}
+    hdr = BASELINES[a.method](srgb, **params)
+    write_outputs(out, hdr, fps, {"method": a.method, "input_video": a.input_video, "fps": fps, **params})
+
+
+if __name__ == "__main__":
+    run(main)
