@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real CLIs on a GPU with the tiny model: bf16 training with cuDNN attention, selective
-# checkpointing and fp8 base GEMMs, then inference in every speed and memory mode.
+# checkpointing and fp8 base GEMMs (LDR synthesis and masks on the GPU), then inference in each
+# speed mode and each memory mode.
 # Usage: bash bench/gpu_smoke.sh OUTDIR
 set -euo pipefail
 out=${1:-/tmp/gpu_smoke}
@@ -21,11 +22,12 @@ from diffhdr.synthetic import render_frame
 from diffhdr.color_mapping import linear_to_srgb
 from diffhdr.io import write_video
 write_video('$work/ldr.mp4', (linear_to_srgb(np.stack([render_frame(72, 100, t) for t in range(40)])) * 255).astype(np.uint8))"
-for speed in naive default fast; do
-  for memory in full low offload; do
+for combo in naive:full default:full default:low fast:offload; do
+  speed=${combo%:*} memory=${combo#*:}
+  {
     python3 inference.py --input_video "$work/ldr.mp4" --output_dir "$work/out_${speed}_$memory" \
       --lora_checkpoint "$work/ckpt/checkpoint-final" --prompt "[Overexposed: sun]; [Underexposed: room]" \
       --num_inference_steps 4 --speed $speed --memory $memory --device cuda 2>&1 | grep -v "it/s" | tee -a "$out/infer.log"
     ls "$work/out_${speed}_$memory/exr" | wc -l | sed "s/^/$speed $memory frames: /" | tee -a "$out/infer.log"
-  done
+  }
 done

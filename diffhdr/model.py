@@ -110,12 +110,13 @@ def enable_gradient_checkpointing(transformer, blocks: str | int = "all", save_a
 
 class DiffHDRModel(nn.Module):
     def __init__(self, transformer, vae, text_encoder, tokenizer, scheduler=None, base_model: str = ""):
+        """`vae` and `text_encoder` may be None for a DiT-only model (the benchmarks)."""
         super().__init__()
         self.transformer = transformer
-        if vae.dtype != torch.float32:
+        if vae is not None and vae.dtype != torch.float32:
             vae = vae.to(torch.float32)
-        self.vae = vae.eval().requires_grad_(False)
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False) if vae is not None else None
+        self.text_encoder = text_encoder.eval().requires_grad_(False) if text_encoder is not None else None
         # Freeze the base before LoRA is added: peft leaves its own new weights trainable.
         self.transformer.requires_grad_(False)
         self.tokenizer = tokenizer

@@ -4,7 +4,7 @@
       -> sRGB [0, 1] -> exposure masks (EMA over the whole video)
       -> control = LogGamma(linearise(LDR with under-exposed pixels grey)) in [-1, 1]
       -> windows of `window` frames, stride a multiple of 4 (the VAE's time step):
-           VACE context -> denoise (CFG: one batched forward for both branches; CFA in cross-attn)
+           VACE context -> denoise (CFG: cond and uncond forwards; CFA in cross-attention)
       -> latents blended where windows overlap (linear ramps, accumulate and normalise)
       -> float32 VAE decode of the whole latent sequence -> inverse Log-Gamma -> clamp >= 0
 
@@ -40,6 +40,9 @@ SPATIAL = 16  # VAE 8 x patch 2
 class InferenceSettings:
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
+    # Both CFG branches in one batch of 2: on an H100 at 720p this ran slower (9.0 vs 8.6 s/step) and
+    # used 6 GiB more than two forwards (bench/results/infer_*.json), so it is off by default.
+    batch_cfg: bool = False
     negative_prompt: str = ""
     cfa: bool = True
     cfa_vace: bool = False
@@ -178,21 +181,28 @@ def denoise(
     timesteps = set_timesteps(scheduler, settings, noise.device)
     latents = noise.float()
     cfg = uncond is not None
-    text = torch.cat([cond, uncond]) if cfg else cond
-    ctx = torch.cat([context, context]) if cfg else context
     state = CFAState(alpha_over=settings.alpha_over, alpha_under=settings.alpha_under)
+    gate_on = gate_off = (None, None)
     if gates is not None:
-        g_over, g_under = gates
-        if cfg:  # the unconditional branch gets no routing: standard attention on its negative text
-            g_over, g_under = torch.cat([g_over, 0 * g_over]), torch.cat([g_under, 0 * g_under])
-        state.gate_over, state.gate_under = g_over.to(latents.device), g_under.to(latents.device)
+        gate_on = tuple(g.to(latents.device) for g in gates)
+        gate_off = tuple(torch.zeros_like(g) for g in gate_on)  # uncond: standard attention on its text
+
+    def velocity(x, t, text, gate):
+        state.gate_over, state.gate_under = gate
+        return model._dit_forward(x, t.expand(x.shape[0]), text, context.expand(x.shape[0], -1, -1, -1, -1)).float()
+
     use_cfa = settings.cfa and gates is not None
     with cfa_enabled(model.transformer, state, settings.cfa_vace) if use_cfa else contextlib.nullcontext():
         for t in tqdm(timesteps, desc="steps", leave=False, disable=not progress):
-            x = torch.cat([latents, latents]) if cfg else latents
-            pred = model._dit_forward(x, t.expand(x.shape[0]), text, ctx).float()
-            if cfg:
-                p_cond, p_uncond = pred.chunk(2)
+            if not cfg:
+                pred = velocity(latents, t, cond, gate_on)
+            elif settings.batch_cfg:
+                both = tuple(None if a is None else torch.cat([a, b]) for a, b in zip(gate_on, gate_off))
+                p_cond, p_uncond = velocity(torch.cat([latents, latents]), t, torch.cat([cond, uncond]), both).chunk(2)
+                pred = p_uncond + settings.guidance_scale * (p_cond - p_uncond)
+            else:
+                p_cond = velocity(latents, t, cond, gate_on)
+                p_uncond = velocity(latents, t, uncond, gate_off)
                 pred = p_uncond + settings.guidance_scale * (p_cond - p_uncond)
             latents = scheduler.step(pred, t, latents, return_dict=False)[0]
     return latents
