@@ -111,7 +111,7 @@ def main(argv=None):
     texts = encode_texts(model, caption, settings, a.device)
     model.text_encoder.to("cpu")  # not needed again: leave the GPU to the DiT
     memory = apply_memory_mode(model, a.memory, a.device)
-    apply_speed_mode(model, a.speed, a.device, compile=memory == "full")
+    apply_speed_mode(model, a.speed, a.device, memory)
     log.info("%d frames %dx%d, gamma=%g M=%g, preset=%s memory=%s speed=%s", len(frames), frames.shape[-1],
              frames.shape[-2], color["gamma"], color["M"], a.preset, memory, a.speed)
     hdr = reconstruct(model, frames, caption, color["gamma"], color["M"], settings, reference, device=a.device,

@@ -10,7 +10,8 @@ Modes (guidance 7.5, flow-match Euler, the same noise, VACE context and text for
   default_nocfa  `--speed default`: cuDNN attention + torch.compile, CFA off
   default        default_nocfa + CFA: what users run (`--speed default --memory full`)
   fast           default + fp8 GEMMs (`--speed fast`)
-  low            fp8 weight storage, no compile (`--memory low`, the 24 GB mode)
+  low            fp8 weight storage cast per layer, no compile: `--memory low` on GPUs without fp8
+                 GEMMs (on Ada/Hopper `--memory low` is `fast`'s fp8 weights: see its peak)
 Accuracy: relative L2 error and PSNR (peak-to-peak 2, the [-1, 1] Log-Gamma range) of the final
 latents, each against the mode with the same maths: naive for batched/default_nocfa, default for
 fast/low. With random weights small bf16 differences grow through 40 blocks, so these are upper

@@ -5,8 +5,10 @@ the default; the lossy ones are opt-in and measured in bench/bench_infer.py.
 speed   naive    diffusers as installed (the baseline the benchmarks compare against)
         default  cuDNN attention + torch.compile of the repeated blocks (about 30 s of warm-up)
         fast     default + fp8 (e4m3, row-wise scaled) GEMMs for the DiT's linears
-memory  full     everything resident (about 40 GB for the 14B model at 720p)
-        low      fp8 weight storage (cast to bf16 per layer), tiled VAE: fits 24 GB cards
+memory  full     everything resident (about 38 GB for the 14B model at 720p)
+        low      fp8 weights for the block linears, quantised layer by layer on the GPU, and fp8
+                 GEMMs (Ada/Hopper; 21.7 GiB peak measured on an H100), else fp8 weight storage
+                 cast to bf16 per layer (22.8 GiB); tiled VAE. For 24 GB cards.
         offload  block-level group offloading to CPU with CUDA streams: least memory, slowest
         auto     by free GPU memory
 """
@@ -116,8 +118,9 @@ def use_fp8_training_linears(transformer: nn.Module, prefix: str = "blocks.") ->
     return swapped
 
 
-def use_fp8_linears(transformer: nn.Module, prefixes=("blocks.", "vace_blocks.")) -> int:
-    """Swap the block linears (LoRA merged first) for Float8Linear. Returns how many."""
+def use_fp8_linears(transformer: nn.Module, prefixes=("blocks.", "vace_blocks."), device=None) -> int:
+    """Swap the block linears (LoRA merged first) for Float8Linear. With `device`, each layer is
+    moved there and quantised one at a time, so the bf16 model never has to fit. Returns how many."""
     if getattr(transformer, "peft_config", None):
         merge_lora(transformer)
     swapped = 0
@@ -126,9 +129,14 @@ def use_fp8_linears(transformer: nn.Module, prefixes=("blocks.", "vace_blocks.")
             full = f"{name}.{child_name}" if name else child_name
             if type(child) is nn.Linear and full.startswith(prefixes) and child.in_features % 16 == 0 \
                     and child.out_features % 16 == 0:
-                setattr(module, child_name, Float8Linear(child))
+                setattr(module, child_name, Float8Linear(child.to(device) if device is not None else child))
                 swapped += 1
     return swapped
+
+
+def fp8_capable(device) -> bool:
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def merge_lora(transformer: nn.Module) -> None:
@@ -140,23 +148,25 @@ def merge_lora(transformer: nn.Module) -> None:
             module.merge()
 
 
-def apply_speed_mode(model, mode: str, device, compile: bool = True) -> None:
-    """`compile=False` where memory hooks (layerwise casting, offloading) wrap the blocks."""
+def apply_speed_mode(model, mode: str, device, memory: str = "full") -> None:
+    """Call after apply_memory_mode. Under `offload` the blocks are wrapped by hooks: no fp8 swap
+    (it needs resident weights) and no torch.compile."""
     if mode not in SPEED_MODES:
         raise ValueError(f"speed mode must be one of {SPEED_MODES}")
     if mode == "naive" or torch.device(device).type != "cuda":
         return
     model.transformer.set_attention_backend("_native_cudnn")
-    if mode == "fast":
+    hooked = memory == "offload" or (memory == "low" and not fp8_capable(device))
+    if mode == "fast" and not hooked:
         n = use_fp8_linears(model.transformer)
         log.info("fp8 GEMMs in %d linears", n)
-    if compile:
+    if not hooked:
         model.transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
 
 
 def pick_memory_mode(device) -> str:
     free = torch.cuda.mem_get_info(torch.device(device))[0] / 2**30
-    mode = "full" if free >= 45 else "low" if free >= 21 else "offload"
+    mode = "full" if free >= 45 else "low" if free >= 23 else "offload"  # peaks: 37.5 and 21.7 GiB
     log.info("%.1f GiB free on %s: memory mode %s", free, device, mode)
     return mode
 
@@ -173,8 +183,12 @@ def apply_memory_mode(model, mode: str, device) -> str:
     if mode == "full":
         model.transformer.to(device)
     elif mode == "low":
+        if fp8_capable(device):
+            log.info("fp8 weights and GEMMs in %d linears", use_fp8_linears(model.transformer, device=device))
+        else:  # storage only: weights cast to bf16 layer by layer at run time
+            model.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                                       compute_dtype=torch.bfloat16)
         model.transformer.to(device)
-        model.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
         model.vae.enable_tiling()
     else:
         model.transformer.enable_group_offload(
