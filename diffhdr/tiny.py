@@ -114,3 +114,48 @@ def resolve_backbone(backbone: str) -> Path:
     if backbone == "tiny":
         return write_tiny_model(default_tiny_dir())
     return Path(backbone)
+
+
+def write_tiny_captioner(path: str | Path, seed: int = 0) -> Path:
+    """A tiny random Qwen3-VL with a locally built tokenizer, chat template and processor, saved in
+    the layout of Qwen/Qwen3-VL-2B-Instruct. Its answers are nonsense; the plumbing is real.
+    Needs torchvision (the Qwen3-VL processor's video half imports it)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    path = Path(path)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+               "<|image_pad|>", "<|video_pad|>"]
+    vocab = {t: i for i, t in enumerate(special)}
+    for ch in [chr(b) for b in range(32, 127)] + ["\n"]:
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        additional_special_tokens=special[1:])
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+                "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}"
+                "{% endif %}{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    grid = dict(patch_size=16, temporal_patch_size=2, merge_size=2)
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**grid, min_pixels=32 * 32, max_pixels=64 * 64),
+        tokenizer=tokenizer, video_processor=Qwen3VLVideoProcessor(**grid), chat_template=template)
+    config = Qwen3VLConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+                         rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                           deepstack_visual_indexes=[0]),
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = vocab["<|endoftext|>"]
+    model.generation_config.eos_token_id = vocab["<|im_end|>"]
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
