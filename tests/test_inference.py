@@ -203,3 +203,14 @@ def test_free_text_prompt_is_used_for_both_regions(caplog):
     cap = parse_prompt("a sunny beach")
     assert cap.over == cap.under == "a sunny beach"
     assert "not in the" in caplog.text
+
+
+@pytest.mark.parametrize("layout,key", [("diffusers", "transformer.blocks.0.attn1.to_q.lora_A.weight"),
+                                        ("comfyui", "diffusion_model.blocks.0.self_attn.q.lora_A.weight")])
+def test_export_lora_cli(tmp_path, checkpoint, layout, key):
+    from safetensors.torch import load_file
+
+    run_script("scripts/export_lora.py", "--checkpoint", checkpoint, "--layout", layout,
+               "--output", tmp_path / "lora.safetensors")
+    keys = load_file(tmp_path / "lora.safetensors")
+    assert key in keys and len(keys) == 80

@@ -1,0 +1,45 @@
+"""Export a DiffHDR checkpoint's LoRA for other tools.
+
+    python scripts/export_lora.py --checkpoint checkpoints/checkpoint-final --layout diffusers \
+        --output exported/pytorch_lora_weights.safetensors
+    # diffusers:  pipe = WanVACEPipeline.from_pretrained(...); pipe.load_lora_weights("exported/")
+    # comfyui:    Wan names with the diffusion_model. prefix, for ComfyUI's LoRA loader
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from diffusers import WanVACETransformer3DModel
+
+from diffhdr.checkpoint import check_checkpoint, read_color_config
+from diffhdr.cli import run
+from diffhdr.io import InputError
+from diffhdr.lora_io import export_lora, load_adapter
+from diffhdr.tiny import resolve_backbone
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--layout", choices=["diffusers", "comfyui"], required=True)
+    p.add_argument("--output", required=True, help="a .safetensors file")
+    p.add_argument("--base_model", help="override the base model path stored in the checkpoint")
+    a = p.parse_args(argv)
+    ckpt = Path(a.checkpoint)
+    check_checkpoint(ckpt)
+    base = a.base_model or read_color_config(ckpt).get("base_model")
+    # The transformer alone, on the CPU: the LoRA's shapes are checked against it.
+    path = resolve_backbone(base) / "transformer"
+    if not path.is_dir():
+        raise InputError(f"{path}: base model transformer not found (pass --base_model)")
+    transformer = WanVACETransformer3DModel.from_pretrained(path, torch_dtype=torch.bfloat16)
+    load_adapter(transformer, ckpt)
+    n = export_lora(transformer, Path(a.output), a.layout)
+    print(f"wrote {n} tensors ({a.layout} layout) to {a.output}")
+
+
+if __name__ == "__main__":
+    run(main)
