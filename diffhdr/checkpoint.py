@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .io import InputError, atomic_path
+from .io import InputError, atomic_path, read_json
 from .lora_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter
 
 COLOR_CONFIG = "color_mapping_config.json"
@@ -60,10 +60,7 @@ def read_color_config(directory: Path) -> dict:
     path = Path(directory) / COLOR_CONFIG
     if not path.is_file():
         raise InputError(f"{directory}: checkpoint lacks {COLOR_CONFIG}")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
+    cfg = read_json(path)
     for k in ("gamma", "M"):
         if k not in cfg:
             raise InputError(f"{path}: no '{k}'")

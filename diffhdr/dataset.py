@@ -18,7 +18,6 @@ The loader workers only read and crop (about 0.8 s a 33 x 720 x 1280 clip on one
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from .color_mapping import log_gamma_encode, srgb_to_linear, to_vae_range
 from .config import Config
 from .data_augmentation import draw_ev, grey_fill, synthesize_ldr
-from .io import InputError, read_hdr_image
+from .io import InputError, read_hdr_image, read_json
 from .mask_detection import combine, detect_masks
 from .prompting import NULL_CAPTION, parse_caption, training_prompt
 
@@ -138,12 +137,7 @@ def read_caption(seq_dir: Path) -> str:
 
 def read_latent_config(root: Path) -> dict | None:
     path = root / LATENT_CONFIG
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path) if path.is_file() else None
 
 
 def check_latent_config(root: Path, gamma: float, M: float, resolution: list[int]) -> None:

@@ -40,6 +40,16 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
 
 
+def read_json(path: Path):
+    """A JSON file's contents; a parse error is one line naming the file."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+
+
 # --------------------------------------------------------------------------- OpenEXR
 
 _CHANNEL_NAMES = {"r": 0, "red": 0, "g": 1, "green": 1, "b": 2, "blue": 2}
