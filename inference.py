@@ -48,6 +48,8 @@ def parse_args(argv):
     p.add_argument("--no_cfa", dest="cfa", action="store_false", default=None, help="standard attention")
     p.add_argument("--cfa_vace", action="store_true", default=None, help="CFA in the VACE blocks too")
     p.add_argument("--window_overlap", type=int)
+    p.add_argument("--use_prev_window_reference", dest="prev_window_reference", action="store_true", default=None,
+                   help="each window takes the previous window's output frame as its reference (the release)")
     p.add_argument("--scheduler", choices=["default", "euler"])
     p.add_argument("--seed", type=int)
     p.add_argument("--height", type=int, help="resize frames to this height (width keeps the aspect)")

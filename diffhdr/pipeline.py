@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ class InferenceSettings:
     seed: int = 42
     use_under_mask: bool = True
     reference_ev: float = 5.0
+    # The release's --use_prev_window_reference: each window after the first takes the previous
+    # window's Log-Gamma output frame at index `stride` as its reference (no EV boost, no mask).
+    prev_window_reference: bool = False
     masks: MaskConfig = field(default_factory=MaskConfig)
 
 
@@ -250,24 +253,29 @@ def reconstruct(
     h, w = frames.shape[-2] // 8, frames.shape[-1] // 8
     g = torch.Generator(device="cpu").manual_seed(settings.seed)
     noise = torch.randn((1, 16, n_lat, h, w), generator=g)
-    ref_noise = torch.randn((1, 16, 1, h, w), generator=g) if reference is not None else None
+    ref_noise = torch.randn((1, 16, 1, h, w), generator=g)  # the extra leading frame a reference adds
     win = min(settings.window, padded)
     win_lat = (win - 1) // TEMPORAL + 1
     acc = torch.zeros((1, 16, n_lat, h, w), dtype=torch.float64)
     wsum = torch.zeros(n_lat, dtype=torch.float64)
     patch = model.transformer.config.patch_size
+    prev_ref = None
     for k, s in enumerate(tqdm(starts, desc="windows", disable=not progress or len(starts) == 1)):
         sl = slice(s, s + win)
-        ref = cond.reference.to(device) if cond.reference is not None else None
+        ref = prev_ref if prev_ref is not None else cond.reference
+        ref = ref.to(device) if ref is not None else None
         context = model.vace_context(cond.control[:, :, sl].to(device), cond.mask[:, sl].to(device), ref)
         l0 = s // TEMPORAL
         z = noise[:, :, l0 : l0 + win_lat]
-        if ref_noise is not None:
+        if ref is not None:
             z = torch.cat([ref_noise, z], dim=2)
         gates = _gates(cond.over[sl], cond.under[sl], patch, ref is not None) if settings.cfa else None
         lat = denoise(model, context, text_c, text_u, z.to(device), settings, gates, progress).cpu()
-        if ref_noise is not None:
+        if ref is not None:
             lat = lat[:, :, 1:]
+        if settings.prev_window_reference and k + 1 < len(starts):
+            stride = starts[1] - starts[0]  # the VAE is causal: decode only up to frame `stride`
+            prev_ref = model.decode_latents(lat[:, :, : stride // TEMPORAL + 1].to(device))[:, :, stride].cpu()
         wk = latent_blend_weights(win_lat, s, (overlap - 1) // TEMPORAL, k == 0, k == len(starts) - 1)
         acc[:, :, l0 : l0 + win_lat] += lat.double() * wk.view(1, 1, -1, 1, 1)
         wsum[l0 : l0 + win_lat] += wk
@@ -277,6 +285,3 @@ def reconstruct(
     hdr = log_gamma_decode(y, gamma, M).clamp_min(0).permute(1, 0, 2, 3)
     return hdr[:T, :, :H, :W].contiguous()
 
-
-def settings_dict(settings: InferenceSettings) -> dict:
-    return asdict(settings)

@@ -1,5 +1,4 @@
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -214,3 +213,15 @@ def test_export_lora_cli(tmp_path, checkpoint, layout, key):
                "--output", tmp_path / "lora.safetensors")
     keys = load_file(tmp_path / "lora.safetensors")
     assert key in keys and len(keys) == 80
+
+
+def test_previous_window_reference_changes_later_windows_only():
+    m = tiny_model()
+    frames = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    base = InferenceSettings(num_inference_steps=2, window_overlap=17, cfa=False, guidance_scale=1.0)
+    plain = reconstruct(m, frames, parse_prompt(""), 2.2, 1000.0, base, progress=False)
+    chained = reconstruct(m, frames, parse_prompt(""), 2.2, 1000.0,
+                          InferenceSettings(**{**base.__dict__, "prev_window_reference": True}), progress=False)
+    assert chained.shape == plain.shape
+    assert torch.equal(chained[:16], plain[:16])  # the first window has no reference either way
+    assert not torch.allclose(chained[20:], plain[20:])

@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, run_script, write_config
-from diffhdr.config import load_config
 from diffhdr.dataset import HDRVideoDataset, collate
 from diffhdr.model import DiffHDRModel
 from diffhdr.tiny import resolve_backbone
