@@ -197,8 +197,8 @@ def validate(cfg: Config, source: str) -> None:
 
     need(cfg.model.lora_branch in ("main", "vace"), "model.lora_branch must be 'main' or 'vace'")
     need(cfg.color_mapping.gamma > 0 and cfg.color_mapping.M > 0, "color_mapping.gamma and M must be positive")
-    t, h, w = cfg.training.resolution
     need(len(cfg.training.resolution) == 3, "training.resolution must be [T, H, W]")
+    t, h, w = cfg.training.resolution
     need((t - 1) % 4 == 0, f"training.resolution T={t} must be 4k+1 (the VAE compresses time by 4)")
     need(h % 16 == 0 and w % 16 == 0, f"training.resolution H, W = {h}, {w} must be multiples of 16")
     need(t <= cfg.data.sequence_frames, f"clip length {t} exceeds data.sequence_frames {cfg.data.sequence_frames}")

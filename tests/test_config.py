@@ -24,6 +24,9 @@ def test_typos_and_bad_values_are_errors(tmp_path):
     p.write_text("training:\n  resolution: [32, 64, 64]\n")
     with pytest.raises(ConfigError, match="must be 4k\\+1"):
         load_config(p)
+    p.write_text("training:\n  resolution: [720, 1280]\n")
+    with pytest.raises(ConfigError, match=r"training.resolution must be \[T, H, W\]"):
+        load_config(p)
     p.write_text("color_mapping:\n  M: big\n")
     with pytest.raises(ConfigError, match="color_mapping.M must be a number"):
         load_config(p)
