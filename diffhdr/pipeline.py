@@ -7,6 +7,7 @@
            VACE context -> denoise (CFG: cond and uncond forwards; CFA in cross-attention)
       -> latents blended where windows overlap (linear ramps, accumulate and normalise)
       -> float32 VAE decode of the whole latent sequence -> inverse Log-Gamma -> clamp >= 0
+    (`blend="linear"`, the release's way: decode each window, blend in linear HDR instead)
 
 Window latents line up with the global latent grid only if every window starts at a multiple
 of 4 frames; a window's first latent frame encodes one frame alone, so it is used only at the
@@ -50,6 +51,7 @@ class InferenceSettings:
     alpha_under: float = 1.0
     window: int = 33
     window_overlap: int = 8
+    blend: str = "latent"  # "latent": blend window latents, decode once; "linear": the release's way
     scheduler: str = "default"  # "default": the base model's scheduler; "euler": the release's
     shift: float = 5.0  # for "euler"
     seed: int = 42
@@ -65,7 +67,8 @@ PRESETS = {
     "spec": {},
     # The authors' release (reference-facts section 6): no CFG, flow-match Euler with shift 5,
     # windows of 33 with stride 16, seed 10, CFA off (its alphas default to 0).
-    "reference": dict(guidance_scale=1.0, scheduler="euler", shift=5.0, window_overlap=17, seed=10, cfa=False),
+    "reference": dict(guidance_scale=1.0, scheduler="euler", shift=5.0, window_overlap=17, seed=10, cfa=False,
+                      blend="linear"),
 }
 
 
@@ -98,6 +101,24 @@ def latent_blend_weights(n_latent: int, start: int, overlap_latent: int, first: 
         ramp = (torch.arange(overlap_latent, dtype=torch.float64) + 0.5) / overlap_latent
         w[n_latent - overlap_latent :] = torch.minimum(w[n_latent - overlap_latent :], ramp.flip(0))
     return w
+
+
+def linear_blend_weights(n: int, border: int, first: bool, last: bool) -> torch.Tensor:
+    """The release's per-frame weights: ramps (k + 0.5) / border on each window end that is not a
+    clip boundary, for an accumulate-and-normalise in linear HDR."""
+    w = torch.ones(n, dtype=torch.float64)
+    ramp = (torch.arange(border, dtype=torch.float64) + 0.5) / border
+    if not first:
+        w[:border] = ramp
+    if not last:
+        w[n - border :] = torch.minimum(w[n - border :], ramp.flip(0))
+    return w
+
+
+def latents_to_hdr(model, latents: torch.Tensor, gamma: float, M: float) -> torch.Tensor:
+    """Normalised latents (1, 16, T', h, w) -> linear HDR (T, 3, H, W) >= 0, on the CPU."""
+    video = model.decode_latents(latents)[0].cpu()  # (3, T, H, W) in ~[-1, 1]
+    return log_gamma_decode(from_vae_range(video).clamp_min(0), gamma, M).clamp_min(0).permute(1, 0, 2, 3)
 
 
 def make_scheduler(model, settings: InferenceSettings):
@@ -256,8 +277,9 @@ def reconstruct(
     ref_noise = torch.randn((1, 16, 1, h, w), generator=g)  # the extra leading frame a reference adds
     win = min(settings.window, padded)
     win_lat = (win - 1) // TEMPORAL + 1
-    acc = torch.zeros((1, 16, n_lat, h, w), dtype=torch.float64)
-    wsum = torch.zeros(n_lat, dtype=torch.float64)
+    linear = settings.blend == "linear" and len(starts) > 1
+    acc = torch.zeros((padded, 3, *frames.shape[-2:]) if linear else (1, 16, n_lat, h, w), dtype=torch.float64)
+    wsum = torch.zeros(padded if linear else n_lat, dtype=torch.float64)
     patch = model.transformer.config.patch_size
     prev_ref = None
     for k, s in enumerate(tqdm(starts, desc="windows", disable=not progress or len(starts) == 1)):
@@ -276,12 +298,18 @@ def reconstruct(
         if settings.prev_window_reference and k + 1 < len(starts):
             stride = starts[1] - starts[0]  # the VAE is causal: decode only up to frame `stride`
             prev_ref = model.decode_latents(lat[:, :, : stride // TEMPORAL + 1].to(device))[:, :, stride].cpu()
-        wk = latent_blend_weights(win_lat, s, (overlap - 1) // TEMPORAL, k == 0, k == len(starts) - 1)
-        acc[:, :, l0 : l0 + win_lat] += lat.double() * wk.view(1, 1, -1, 1, 1)
-        wsum[l0 : l0 + win_lat] += wk
-    latents = (acc / wsum.view(1, 1, -1, 1, 1)).float()
-    video = model.decode_latents(latents.to(device))[0].cpu()  # (3, T, H, W) in ~[-1, 1]
-    y = from_vae_range(video).clamp_min(0)
-    hdr = log_gamma_decode(y, gamma, M).clamp_min(0).permute(1, 0, 2, 3)
+        first, last = k == 0, k == len(starts) - 1
+        if linear:
+            wk = linear_blend_weights(win, overlap, first, last)
+            acc[sl] += latents_to_hdr(model, lat.to(device), gamma, M).double() * wk.view(-1, 1, 1, 1)
+            wsum[sl] += wk
+        else:
+            wk = latent_blend_weights(win_lat, s, (overlap - 1) // TEMPORAL, first, last)
+            acc[:, :, l0 : l0 + win_lat] += lat.double() * wk.view(1, 1, -1, 1, 1)
+            wsum[l0 : l0 + win_lat] += wk
+    if linear:
+        hdr = (acc / wsum.view(-1, 1, 1, 1)).float()
+    else:
+        hdr = latents_to_hdr(model, (acc / wsum.view(1, 1, -1, 1, 1)).float().to(device), gamma, M)
     return hdr[:T, :, :H, :W].contiguous()
 

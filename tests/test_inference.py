@@ -225,3 +225,20 @@ def test_previous_window_reference_changes_later_windows_only():
     assert chained.shape == plain.shape
     assert torch.equal(chained[:16], plain[:16])  # the first window has no reference either way
     assert not torch.allclose(chained[20:], plain[20:])
+
+
+def test_release_blending_in_linear_hdr():
+    from diffhdr.pipeline import linear_blend_weights
+
+    w0, w1 = linear_blend_weights(33, 17, True, False), linear_blend_weights(33, 17, False, True)
+    assert torch.allclose(w0[16:] + w1[:17], torch.ones(17, dtype=torch.float64))  # stride 16: a partition
+    assert w0[:16].eq(1).all() and w1[17:].eq(1).all()
+    m = tiny_model()
+    t = torch.linspace(0, 1, 50)
+    frames = (0.5 + 0.4 * torch.sin(6.28 * t))[:, None, None, None].expand(50, 3, 32, 32).clone()
+    settings = InferenceSettings(num_inference_steps=2, window_overlap=17, blend="linear", cfa=False)
+    hdr = reconstruct(m, frames, parse_prompt(""), 2.2, 1000.0, settings, progress=False)
+    assert hdr.shape == (50, 3, 32, 32) and torch.isfinite(hdr).all() and (hdr >= 0).all()
+    jumps = (torch.log1p(hdr[1:]) - torch.log1p(hdr[:-1])).abs().mean(dim=(1, 2, 3))
+    inside = [i for i in range(49) if not 14 <= i <= 33]  # away from the overlap of frames 16..32
+    assert jumps[15:33].max() <= jumps[inside].max()
