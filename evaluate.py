@@ -103,7 +103,7 @@ def write_pngs(video: np.ndarray, out: Path) -> None:
             Image.fromarray(f).save(tmp, format="PNG")
 
 
-def score_sequence(name, pred, gt, names, a, out: Path) -> tuple[dict, dict]:
+def score_sequence(name, pred, gt, names, a, out: Path, folders: tuple[Path, Path | None]) -> tuple[dict, dict]:
     """(per-frame {metric: values}, per-sequence {metric: value})."""
     per_frame, per_seq = {}, {}
     for m in names:
@@ -124,7 +124,7 @@ def score_sequence(name, pred, gt, names, a, out: Path) -> tuple[dict, dict]:
             write_pngs(gt, out / "png" / "gt" / name)
             per_seq[m] = M.fid(out / "png" / "pred" / name, out / "png" / "gt" / name, a.weights, a.device)
         elif m == "hdrvdp3":
-            per_seq[m] = M.hdrvdp3(Path(a.pred_dir), Path(a.gt_dir), a.hdrvdp3_path, a.peak_nits)
+            per_seq[m] = M.hdrvdp3(folders[0], folders[1], a.hdrvdp3_path, a.peak_nits)
     for m, values in per_frame.items():
         per_seq[m] = float(np.mean(values))
     return per_frame, per_seq
@@ -180,7 +180,8 @@ def main(argv=None):
         if gt is not None and pred.shape != gt.shape:
             raise InputError(f"{folder} vs {gts[name]}: prediction is {pred.shape[0]} frames of "
                              f"{pred.shape[2]}x{pred.shape[1]}, ground truth {gt.shape[0]} of {gt.shape[2]}x{gt.shape[1]}")
-        per_frame[name], per_seq[name] = score_sequence(name, pred, gt, names, a, out)
+        per_frame[name], per_seq[name] = score_sequence(name, pred, gt, names, a, out,
+                                                        (folder, gts[name] if gts else None))
     mean = {m: float(np.mean([s[m] for s in per_seq.values() if m in s])) for m in names}
     write_reports(out, names, per_frame, per_seq, mean, a)
     width = max(len(m) for m in names)
