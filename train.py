@@ -25,6 +25,7 @@ from diffhdr.cli import run
 from diffhdr.config import load_config
 from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate
 from diffhdr.model import DiffHDRModel, torch_dtype
+from diffhdr.prompting import TextCache
 from diffhdr.runtime import use_fp8_training_linears
 from diffhdr.tiny import resolve_backbone
 from diffhdr.training import batch_loss, lr_lambda, preflight, step_generator, validation_loss, write_validation_sample
@@ -79,7 +80,6 @@ def main(argv=None):
     if cfg.model.compile and acc.device.type == "cuda":
         model.transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
     model.vae.to(acc.device)
-    model.text_encoder.to(acc.device)
     color = {"gamma": cfg.color_mapping.gamma, "M": cfg.color_mapping.M, "base_model": str(base),
              "lora_branch": cfg.model.lora_branch, "profile": cfg.profile}
 
@@ -111,6 +111,12 @@ def main(argv=None):
         persistent_workers=cfg.data.num_workers > 0,
     )
     val_set = HDRVideoDataset(cfg, "val", use_cache=False) if cfg.data.val_split else None
+    # Every caption is encoded once; the text encoder then leaves the GPU for the DiT's activations.
+    prompts = dataset.prompts() | (val_set.prompts() if val_set else set()) | {""}
+    model.text_encoder.to(acc.device)
+    texts = TextCache(model.tokenizer, model.text_encoder, prompts)
+    model.text_encoder.to("cpu")
+    log.info("encoded %d distinct prompts", len(prompts))
     if cfg.use_wandb:
         acc.init_trackers("diffhdr", config=asdict(cfg))
 
@@ -144,7 +150,7 @@ def main(argv=None):
             g = step_generator(t.seed, micro_index, acc.process_index, acc.num_processes)
             sync = micro == micro_per_step - 1
             with contextlib.nullcontext() if sync else acc.no_sync(dit), acc.autocast():
-                loss = batch_loss(model, batch, cfg, g, acc.device) / micro_per_step
+                loss = batch_loss(model, batch, cfg, g, acc.device, texts) / micro_per_step
                 acc.backward(loss)
             loss_sum += loss.item()
         if t.max_grad_norm:
@@ -165,7 +171,7 @@ def main(argv=None):
             if cfg.use_wandb:
                 acc.log({"loss/flow": loss_mean, "lr": lr, "step": step}, step=step)
         if val_set is not None and t.validate_every and step % t.validate_every == 0:
-            validate(model, val_set, cfg, acc, out, step)
+            validate(model, val_set, cfg, acc, out, step, texts)
         stopping = acc.reduce(torch.tensor(float(stop.set), device=acc.device), "max").item() > 0
         if step % t.checkpoint_every == 0 or stopping:
             save(step)
@@ -180,15 +186,15 @@ def main(argv=None):
     return 0
 
 
-def validate(model, val_set, cfg, acc, out: Path, step: int):
+def validate(model, val_set, cfg, acc, out: Path, step: int, texts):
     if not acc.is_main_process:
         acc.wait_for_everyone()
         return
     model.transformer.eval()
     with acc.autocast(), model.unwrapped():
-        loss = validation_loss(model, val_set, cfg, acc.device)
+        loss = validation_loss(model, val_set, cfg, acc.device, texts)
         sample_dir = out / "validation" / f"step-{step:06d}"
-        write_validation_sample(model, val_set[0], cfg, sample_dir, steps=10, device=acc.device)
+        write_validation_sample(model, val_set[0], cfg, sample_dir, steps=10, device=acc.device, texts=texts)
     model.transformer.train()
     log.info("step=%d val_loss=%.5f sample=%s", step, loss, sample_dir)
     if cfg.use_wandb:

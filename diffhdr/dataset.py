@@ -230,6 +230,11 @@ class HDRVideoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.seqs)
 
+    def prompts(self) -> set[str]:
+        """Every text an item of this split can carry (for the training text cache)."""
+        captions = {read_caption(s) for s in self.seqs}
+        return captions | ({""} if self.cfg.training.prompt_mix == "reference" else set())
+
     def sequence_for(self, draw: int) -> Path:
         n = len(self.seqs)
         epoch, k = divmod(draw, n)

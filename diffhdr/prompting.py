@@ -86,6 +86,33 @@ def training_prompt(caption: str, u: float, mix: str) -> str:
     return caption if 0.25 <= u < 0.75 else ""
 
 
+class TextCache:
+    """UMT5 embeddings of a fixed set of prompts, computed once and kept on the CPU trimmed to their
+    token length, so training needs no text encoder (11 GB for UMT5-XXL) on the GPU."""
+
+    def __init__(self, tokenizer, text_encoder, prompts, max_sequence_length: int = 512, batch: int = 8):
+        self.length = max_sequence_length
+        self.cache: dict[str, torch.Tensor] = {}
+        prompts = sorted(set(prompts))
+        for i in range(0, len(prompts), batch):
+            chunk = prompts[i : i + batch]
+            emb = encode_prompts(tokenizer, text_encoder, chunk, max_sequence_length).cpu()
+            for p, e in zip(chunk, emb):
+                n = int((e.abs().sum(-1) > 0).nonzero().max()) + 1 if e.abs().sum() > 0 else 1
+                self.cache[p] = e[:n].clone()
+
+    def __call__(self, prompts: list[str], device) -> torch.Tensor:
+        """(B, L, D) zero-padded, exactly as encode_prompts returns it."""
+        missing = [p for p in prompts if p not in self.cache]
+        if missing:
+            raise KeyError(f"prompt not in the text cache: {missing[0]!r}")
+        out = torch.zeros(len(prompts), self.length, next(iter(self.cache.values())).shape[-1],
+                          dtype=next(iter(self.cache.values())).dtype)
+        for i, p in enumerate(prompts):
+            out[i, : len(self.cache[p])] = self.cache[p]
+        return out.to(device)
+
+
 def encode_prompts(
     tokenizer, text_encoder, prompts: list[str], max_sequence_length: int = 512, device=None
 ) -> torch.Tensor:

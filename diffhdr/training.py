@@ -20,14 +20,14 @@ def step_generator(seed: int, micro_step: int, rank: int, world: int) -> torch.G
     return torch.Generator().manual_seed(seed * 1_000_003 + 17 + micro_step * world + rank)
 
 
-def batch_loss(model, batch: dict, cfg: Config, g: torch.Generator, device) -> torch.Tensor:
+def batch_loss(model, batch: dict, cfg: Config, g: torch.Generator, device, texts=None) -> torch.Tensor:
     """Flow-matching loss of one batch (see losses.py). The VAE, the text encoder and the VACE
-    context carry no gradient; only the DiT forward (with LoRA) does."""
+    context carry no gradient; only the DiT forward (with LoRA) does. `texts`: a TextCache."""
     with torch.no_grad():
         cond = condition_batch(batch, cfg, device)
         x0 = batch["latent"].to(device) if cond.target is None else model.encode_video(cond.target)
         context = model.vace_context(cond.control, cond.mask)
-        text = model.encode_text(batch["prompt"]).to(device)
+        text = texts(batch["prompt"], device) if texts is not None else model.encode_text(batch["prompt"]).to(device)
     t = cfg.training
     sigmas = sample_sigmas(x0.shape[0], g, t.timestep_sampling, t.timestep_shift)
     noise = torch.randn(x0.shape, generator=g).to(device)
@@ -68,18 +68,19 @@ def preflight(model, targets: list[str], cfg: Config) -> list[str]:
 
 
 @torch.no_grad()
-def validation_loss(model, dataset, cfg: Config, device, max_items: int = 8) -> float:
+def validation_loss(model, dataset, cfg: Config, device, texts=None, max_items: int = 8) -> float:
     from .dataset import collate
 
     losses = []
     for d in range(min(len(dataset), max_items)):
         batch = collate([dataset[d]])
-        losses.append(batch_loss(model, batch, cfg, torch.Generator().manual_seed(d), device).item())
+        losses.append(batch_loss(model, batch, cfg, torch.Generator().manual_seed(d), device, texts).item())
     return sum(losses) / max(len(losses), 1)
 
 
-def write_validation_sample(model, item, cfg: Config, out_dir: Path, steps: int, device) -> Path:
-    """Reconstruct one held-out clip from its synthetic LDR; write EXR frames and a PNG strip."""
+def write_validation_sample(model, item, cfg: Config, out_dir: Path, steps: int, device, texts=None) -> Path:
+    """Reconstruct one held-out clip from its synthetic LDR; write EXR frames and a PNG strip.
+    With a TextCache the caption and "" come from it (CFA, whose texts it lacks, is then off)."""
     from PIL import Image
 
     from .dataset import collate
@@ -88,8 +89,10 @@ def write_validation_sample(model, item, cfg: Config, out_dir: Path, steps: int,
 
     gm = (cfg.color_mapping.gamma, cfg.color_mapping.M)
     ldr = condition_batch(collate([item]), cfg, device).ldr[0].cpu()  # (T, 3, H, W) sRGB
-    settings = InferenceSettings(num_inference_steps=steps, masks=cfg.masks)
-    hdr = reconstruct(model, ldr, parse_prompt(item.prompt), *gm, settings, device=device, progress=False)
+    settings = InferenceSettings(num_inference_steps=steps, masks=cfg.masks, cfa=texts is None)
+    cached = (texts([item.prompt], device), texts([settings.negative_prompt], device)) if texts else None
+    hdr = reconstruct(model, ldr, parse_prompt(item.prompt), *gm, settings, device=device, progress=False,
+                      texts=cached)
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = hdr.permute(0, 2, 3, 1).numpy()
     for i, f in enumerate(frames):

@@ -166,3 +166,17 @@ def test_two_process_cpu_run_trains_checkpoints_and_resumes(tmp_path, dataset_ro
     run_script(*launch, "--resume_from_checkpoint", "latest", timeout=600)
     assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4]
     assert (out / "checkpoint-final/adapter_model.safetensors").is_file()
+
+
+def test_text_cache_matches_direct_encoding(tiny_cfg):
+    from diffhdr.prompting import TextCache
+
+    model = DiffHDRModel.from_pretrained(resolve_backbone("tiny"), dtype=torch.float32)
+    ds = HDRVideoDataset(tiny_cfg, "train")
+    prompts = sorted(ds.prompts() | {"", "[Overexposed: x]; [Underexposed: a much longer description here]"})
+    cache = TextCache(model.tokenizer, model.text_encoder, prompts)
+    assert torch.equal(cache(prompts, "cpu"), model.encode_text(prompts))
+    assert all(len(v) < 512 for v in cache.cache.values())  # kept trimmed on the CPU
+    batch = collate([ds[0]])
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert batch_loss(model, batch, tiny_cfg, g(), "cpu", cache) == batch_loss(model, batch, tiny_cfg, g(), "cpu")
