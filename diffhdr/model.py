@@ -110,7 +110,7 @@ def enable_gradient_checkpointing(transformer, blocks: str | int = "all", save_a
 
 class DiffHDRModel(nn.Module):
     def __init__(self, transformer, vae, text_encoder, tokenizer, scheduler=None, base_model: str = ""):
-        """`vae` and `text_encoder` may be None for a DiT-only model (the benchmarks)."""
+        """Components may be None for partial models (the benchmarks: DiT-only, VAE-only)."""
         super().__init__()
         self.transformer = transformer
         if vae is not None and vae.dtype != torch.float32:
@@ -118,7 +118,8 @@ class DiffHDRModel(nn.Module):
         self.vae = vae.eval().requires_grad_(False) if vae is not None else None
         self.text_encoder = text_encoder.eval().requires_grad_(False) if text_encoder is not None else None
         # Freeze the base before LoRA is added: peft leaves its own new weights trainable.
-        self.transformer.requires_grad_(False)
+        if transformer is not None:
+            transformer.requires_grad_(False)
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.base_model = base_model
@@ -126,7 +127,7 @@ class DiffHDRModel(nn.Module):
         # The module the DiT forward runs through: `transformer` itself, or the DDP wrapper that
         # accelerate made of it (kept out of the module tree so it is not counted twice).
         self.set_forward_module(None)
-        params = inspect.signature(transformer.forward).parameters
+        params = inspect.signature(transformer.forward).parameters if transformer is not None else CTX_PARAM_CANDIDATES
         self.ctx_param = next((p for p in CTX_PARAM_CANDIDATES if p in params), None)
         if self.ctx_param is None:
             log.warning("VACE context parameter not found. Running DiT without context conditioning.")
