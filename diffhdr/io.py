@@ -210,7 +210,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # a writable copy (torch.from_numpy warns on read-only)
     except (OSError, UnidentifiedImageError) as e:
         raise InputError(f"{path}: cannot read image ({e.__class__.__name__}: {e})") from None
 

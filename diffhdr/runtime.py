@@ -184,7 +184,7 @@ def apply_memory_mode(model, mode: str, device) -> str:
         model.transformer.to(device)
         # Untiled, the fp32 VAE peaks at 31 GiB (context encode) and 21 GiB (decode) at 33x720p;
         # tiled at 3.9 and 2.8 (bench/results/vae_*.json). Only an 80 GB card affords both.
-        if torch.cuda.get_device_properties(device).total_memory < 75 * 2**30:
+        if device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory < 75 * 2**30:
             model.vae.enable_tiling()
     elif mode == "low":
         if fp8_capable(device):
