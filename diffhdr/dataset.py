@@ -156,9 +156,8 @@ def check_latent_config(root: Path, gamma: float, M: float, resolution: list[int
 
 @dataclass
 class Item:
-    hdr: torch.Tensor | None  # (T, 3, H, W) linear HDR crop; None when `latent` is cached
-    latent: torch.Tensor | None  # (16, T', H/8, W/8) cached VAE latent of the target
-    ldr_source: torch.Tensor  # (T, 3, H, W) linear HDR the LDR is made from (== hdr if not cached)
+    hdr: torch.Tensor  # (T, 3, H, W) linear HDR crop: the LDR is made from it (and the target, if not cached)
+    latent: torch.Tensor | None  # (16, T', H/8, W/8) cached VAE latent of the target, or None
     prompt: str
     ev: int
     seed: int  # seeds the augmentation generator on the training device
@@ -170,7 +169,7 @@ def collate(items: list[Item]) -> dict:
     stack = lambda xs: None if xs[0] is None else torch.stack(xs)  # noqa: E731
     return {
         "latent": stack([i.latent for i in items]),
-        "hdr": stack([i.ldr_source for i in items]),
+        "hdr": stack([i.hdr for i in items]),
         "prompt": [i.prompt for i in items],
         "ev": [i.ev for i in items],
         "seed": [i.seed for i in items],
@@ -276,7 +275,7 @@ class HDRVideoDataset(torch.utils.data.Dataset):
         ev = 0 if cached else draw_ev(g, cfg.augmentation)
         seed = int(torch.randint(0, 2**62, (), generator=g))
         prompt = training_prompt(read_caption(seq), float(torch.rand((), generator=g)), cfg.training.prompt_mix)
-        return Item(None if cached else hdr, latent, hdr, prompt, ev, seed, seq.name, start)
+        return Item(hdr, latent, prompt, ev, seed, seq.name, start)
 
 
 class DrawSampler(torch.utils.data.Sampler):

@@ -89,7 +89,7 @@ def window_starts(num_frames: int, window: int, overlap: int) -> tuple[list[int]
     return [i * stride for i in range(n + 1)], window + n * stride, window - stride
 
 
-def latent_blend_weights(n_latent: int, start: int, overlap_latent: int, first: bool, last: bool) -> torch.Tensor:
+def latent_blend_weights(n_latent: int, overlap_latent: int, first: bool, last: bool) -> torch.Tensor:
     """Per-latent-frame weights of one window: linear ramps over the overlaps with its neighbours,
     zero for its unaligned first latent frame unless it starts the clip."""
     w = torch.ones(n_latent, dtype=torch.float64)
@@ -304,7 +304,7 @@ def reconstruct(
             acc[sl] += latents_to_hdr(model, lat.to(device), gamma, M).double() * wk.view(-1, 1, 1, 1)
             wsum[sl] += wk
         else:
-            wk = latent_blend_weights(win_lat, s, (overlap - 1) // TEMPORAL, first, last)
+            wk = latent_blend_weights(win_lat, (overlap - 1) // TEMPORAL, first, last)
             acc[:, :, l0 : l0 + win_lat] += lat.double() * wk.view(1, 1, -1, 1, 1)
             wsum[l0 : l0 + win_lat] += wk
     if linear:

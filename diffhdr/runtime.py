@@ -27,24 +27,27 @@ MEMORY_MODES = ("auto", "full", "low", "offload")
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
+def _quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) -> e4m3 values and one float32 scale per row (M, 1), the largest |x| mapped to 448."""
+    s = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (x2 / s).to(torch.float8_e4m3fn), s
+
+
 class Float8Linear(nn.Module):
     """Inference-only nn.Linear with an e4m3 weight (one scale per output row) and activations
     quantised per token at run time; the product runs on the fp8 tensor cores via torch._scaled_mm."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX  # (N, 1)
-        self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))
+        w_q, scale = _quantize_rows(linear.weight.detach().float())  # scale (N, 1)
+        self.register_buffer("weight_fp8", w_q)
         self.register_buffer("weight_scale", scale.t().contiguous())  # (1, N)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        x2 = x.reshape(-1, shape[-1])
-        xs = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX  # (M, 1)
-        xq = (x2 / xs).to(torch.float8_e4m3fn)
+        xq, xs = _quantize_rows(x.reshape(-1, shape[-1]))
         out = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=xs, scale_b=self.weight_scale, out_dtype=dtype)
         if self.bias is not None:
             out = out + self.bias.to(dtype)
@@ -69,11 +72,6 @@ class _Float8MatMul(torch.autograd.Function):
         return dx, None, None, None, None, None
 
 
-def _quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    s = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX  # (M, 1)
-    return (x2 / s).to(torch.float8_e4m3fn), s
-
-
 class Float8TrainLinear(nn.Module):
     """A frozen nn.Linear for training: fp8 in forward and in the input-gradient GEMM.
     Keeps W/row-scale (N, K) for x W^T and W/column-scale, transposed (K, N), for dy W;
@@ -82,12 +80,12 @@ class Float8TrainLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         w = linear.weight.detach().float()
-        s_row = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX  # (N, 1)
-        s_col = w.abs().amax(dim=0, keepdim=True).clamp(min=1e-12) / FP8_MAX  # (1, K)
-        self.register_buffer("w_row", (w / s_row).to(torch.float8_e4m3fn))
-        self.register_buffer("s_row", s_row.t().contiguous())
-        self.register_buffer("w_colT", (w / s_col).t().contiguous().to(torch.float8_e4m3fn))
-        self.register_buffer("s_col", s_col.contiguous())
+        w_row, s_row = _quantize_rows(w)  # for x W^T: one scale per output row, s_row (N, 1)
+        w_colT, s_col = _quantize_rows(w.t().contiguous())  # for dy W: one per input column, (K, 1)
+        self.register_buffer("w_row", w_row)
+        self.register_buffer("s_row", s_row.t().contiguous())  # (1, N)
+        self.register_buffer("w_colT", w_colT)  # (K, N)
+        self.register_buffer("s_col", s_col.t().contiguous())  # (1, K)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 

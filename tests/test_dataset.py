@@ -91,14 +91,14 @@ def test_cached_latents_center_crop_flip_and_config_check(tmp_path, tiny_cfg):
                                                          "resolution": [32, 32]}))
     ds = HDRVideoDataset(tiny_cfg, "train")
     items = [ds[d] for d in range(8)]
-    assert all(i.start == 7 and i.ev == 0 and i.hdr is None for i in items)
+    assert all(i.start == 7 and i.ev == 0 and i.latent is not None for i in items)
     flipped = [torch.equal(i.latent, lat.flip(-1)) for i in items]
     assert any(flipped) and not all(flipped)
     assert all(torch.equal(i.latent, lat) for i, f in zip(items, flipped) if not f)
     # the LDR condition is the centre crop, the flip applied to it alike
     f0 = [i for i, f in zip(items, flipped) if not f][0]
     f1 = [i for i, f in zip(items, flipped) if f][0]
-    assert torch.equal(f0.ldr_source, f1.ldr_source.flip(-1))
+    assert torch.equal(f0.hdr, f1.hdr.flip(-1))
     (root / "latent_config.json").write_text(json.dumps({"gamma": 2.2, "M": 65536.0}))
     with pytest.raises(InputError, match="latent_config.json: cached latents were made with M=65536.0"):
         HDRVideoDataset(tiny_cfg, "train")

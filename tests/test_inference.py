@@ -107,7 +107,7 @@ def test_window_tiling():
     assert overlap == 17 and all(s % 4 == 0 for s in starts)
     starts, padded, overlap = window_starts(70, 33, 8)
     assert overlap == 9 and starts == [0, 24, 48] and padded == 81  # 8 rounded up to the 4-frame grid
-    w = [latent_blend_weights(9, s, (overlap - 1) // 4, k == 0, k == 2) for k, s in enumerate(starts)]
+    w = [latent_blend_weights(9, (overlap - 1) // 4, k == 0, k == 2) for k in range(len(starts))]
     total = torch.zeros(21, dtype=torch.float64)
     for k, s in enumerate(starts):
         total[s // 4 : s // 4 + 9] += w[k]
