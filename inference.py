@@ -4,6 +4,8 @@
         --prompt "[Overexposed: bright sky and sun]; [Underexposed: dark shadows under trees]"
 
 Writes out/exr/frame_%05d.exr, out/preview.mp4 and out/settings.json.
+On several GPUs, `torchrun --nproc_per_node N inference.py ...` splits the DiT's tokens over them
+(context parallelism, --context_parallel); rank 0 writes the outputs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from diffhdr.io import InputError, read_image, read_video
 from diffhdr.lora_io import load_any_lora
 from diffhdr.model import DiffHDRModel
 from diffhdr.outputs import prepare_output_dir, write_outputs
+from diffhdr.parallel import CP_KINDS, enable_context_parallel, init_distributed, local_device
 from diffhdr.pipeline import PRESETS, InferenceSettings, encode_texts, reconstruct
 from diffhdr.prompting import parse_prompt
 from diffhdr.runtime import MEMORY_MODES, SPEED_MODES, apply_memory_mode, apply_speed_mode
@@ -58,6 +61,8 @@ def parse_args(argv):
     p.add_argument("--speed", choices=SPEED_MODES, default="default")
     p.add_argument("--memory", choices=MEMORY_MODES, default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--context_parallel", choices=CP_KINDS, default="ulysses",
+                   help="attention across GPUs when launched with torchrun on several processes")
     p.add_argument("--overwrite", action="store_true", help="replace frames already in --output_dir")
     return p.parse_args(argv)
 
@@ -84,7 +89,9 @@ def load_frames(a) -> tuple[torch.Tensor, float]:
 def main(argv=None):
     a = parse_args(argv)
     settings = settings_from_args(a)
-    out = prepare_output_dir(Path(a.output_dir), a.overwrite)
+    rank, world = init_distributed(a.device)
+    device = local_device(a.device)
+    out = prepare_output_dir(Path(a.output_dir), a.overwrite) if rank == 0 else None
     color, base = {"gamma": 2.2, "M": 1000.0}, a.base_model
     if a.lora_checkpoint:
         ckpt = Path(a.lora_checkpoint)
@@ -103,24 +110,28 @@ def main(argv=None):
     if a.reference_image:
         reference = torch.from_numpy(read_image(a.reference_image)).permute(2, 0, 1).float() / 255.0
 
-    model = DiffHDRModel.from_pretrained(resolve_backbone(base), dtype=torch.bfloat16 if a.device != "cpu"
+    model = DiffHDRModel.from_pretrained(resolve_backbone(base), dtype=torch.bfloat16 if device.type != "cpu"
                                          else torch.float32)
     if a.lora_checkpoint:
         kind = load_any_lora(model.transformer, Path(a.lora_checkpoint))
         log.info("loaded LoRA (%s) from %s", kind, a.lora_checkpoint)
     caption = parse_prompt(a.prompt)
-    model.text_encoder.to(a.device)
-    texts = encode_texts(model, caption, settings, a.device)
+    model.text_encoder.to(device)
+    texts = encode_texts(model, caption, settings, device)
     model.text_encoder.to("cpu")  # not needed again: leave the GPU to the DiT
-    memory = apply_memory_mode(model, a.memory, a.device)
-    apply_speed_mode(model, a.speed, a.device, memory)
+    memory = apply_memory_mode(model, a.memory, device)
+    if world > 1:
+        enable_context_parallel(model.transformer, a.context_parallel)
+    apply_speed_mode(model, a.speed, device, memory)
     log.info("%d frames %dx%d, gamma=%g M=%g, preset=%s memory=%s speed=%s", len(frames), frames.shape[-1],
              frames.shape[-2], color["gamma"], color["M"], a.preset, memory, a.speed)
-    hdr = reconstruct(model, frames, caption, color["gamma"], color["M"], settings, reference, device=a.device,
-                      texts=texts)
+    hdr = reconstruct(model, frames, caption, color["gamma"], color["M"], settings, reference, device=device,
+                      texts=texts, progress=rank == 0)
+    if rank != 0:
+        return
     record = {"input_video": a.input_video, "lora_checkpoint": a.lora_checkpoint, "base_model": str(base),
               "prompt": a.prompt, "preset": a.preset, "gamma": color["gamma"], "M": color["M"],
-              "speed": a.speed, "memory": memory, "fps": fps, "settings": dataclasses.asdict(settings)}
+              "speed": a.speed, "memory": memory, "gpus": world, "fps": fps, "settings": dataclasses.asdict(settings)}
     write_outputs(out, hdr, fps, record)
     log.info("wrote %d EXR frames and preview.mp4 to %s", len(hdr), out)
 

@@ -16,6 +16,9 @@ through the model's own text projection unchanged. CFA processors use chunks 1..
 without CFA (VACE blocks by default) uses chunk 0, the full caption the model was trained on.
 An unconditional CFG branch puts its negative prompt in all four chunks with zero gates, which
 reduces exactly to standard attention.
+
+Under context parallelism (diffhdr.parallel) each rank holds a contiguous shard of the tokens;
+the gates are sharded the same way, and the text is whole on every rank, so CFA stays local.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+from .parallel import shard_tokens
 
 N_CHUNKS = 4  # full, null, over, under
 
@@ -90,7 +95,7 @@ class CFAAttnProcessor(ChunkAttnProcessor):
         (k0, k1, k2), (v0, v1, v2) = k.chunk(3, dim=1), v.chunk(3, dim=1)
         r0 = _attend(attn, q, k0, v0, self._attention_backend)  # (B, S, C)
         r = r0
-        m_o, m_u = self.state.normalised()
+        m_o, m_u = (None if m is None else shard_tokens(m, self._parallel_config) for m in self.state.normalised())
         if m_o is not None and self.state.alpha_over:
             r = r + (self.state.alpha_over * m_o).to(r0) * (_attend(attn, q, k1, v1, self._attention_backend) - r0)
         if m_u is not None and self.state.alpha_under:
@@ -116,6 +121,7 @@ def cfa_enabled(transformer, state: CFAState, vace: bool = False):
         backend = getattr(attn.processor, "_attention_backend", None)
         proc = CFAAttnProcessor(state) if use_cfa else ChunkAttnProcessor(0)
         proc._attention_backend = backend
+        proc._parallel_config = getattr(attn.processor, "_parallel_config", None)
         attn.set_processor(proc)
     try:
         yield state

@@ -29,6 +29,7 @@ from .attention import CFAState, cfa_enabled, packed_text
 from .color_mapping import from_vae_range, log_gamma_decode, log_gamma_encode, srgb_to_linear, to_vae_range
 from .config import MaskConfig
 from .mask_detection import combine, detect_masks, mask_to_latent, token_gates
+from .parallel import check_token_split
 from .prompting import Caption, cfa_prompts
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,7 @@ def reconstruct(
         z = noise[:, :, l0 : l0 + win_lat]
         if ref is not None:
             z = torch.cat([ref_noise, z], dim=2)
+        check_token_split(model.transformer, z.shape[2] // patch[0] * (h // patch[1]) * (w // patch[2]))
         gates = _gates(cond.over[sl], cond.under[sl], patch, ref is not None) if settings.cfa else None
         lat = denoise(model, context, text_c, text_u, z.to(device), settings, gates, progress).cpu()
         if ref is not None:
