@@ -16,14 +16,16 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from diffhdr.attention import assert_no_cfa
-from diffhdr.checkpoint import checkpoint_name, latest_checkpoint, load_for_resume, save_checkpoint
+from diffhdr.checkpoint import (checkpoint_name, latest_checkpoint, load_for_resume, load_optimizer_state,
+                               optimizer_state, save_checkpoint)
 from diffhdr.cli import run
 from diffhdr.config import load_config
 from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate
+from diffhdr.lora_io import adapter_state
 from diffhdr.model import DiffHDRModel, torch_dtype
 from diffhdr.prompting import TextCache
 from diffhdr.runtime import use_fp8_training_linears
@@ -77,8 +79,6 @@ def main(argv=None):
         model.transformer.set_attention_backend(cfg.model.attention_backend)
     if cfg.model.fp8_base:
         log.info("fp8 GEMMs in %d frozen linears", use_fp8_training_linears(model.transformer))
-    if cfg.model.compile and acc.device.type == "cuda":
-        model.transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
     model.vae.to(acc.device)
     color = {"gamma": cfg.color_mapping.gamma, "M": cfg.color_mapping.M, "base_model": str(base),
              "lora_branch": cfg.model.lora_branch, "profile": cfg.profile}
@@ -95,12 +95,16 @@ def main(argv=None):
     params = [p for p in model.transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+    # DDP wraps the transformer; FSDP2 shards it in place (every block's weights split over the ranks)
     dit, optimizer = acc.prepare(model.transformer, optimizer)
     model.set_forward_module(dit)  # forward through DDP's wrapper; model.transformer stays plain
+    sharded = acc.distributed_type == DistributedType.FSDP
+    if state is not None:
+        load_optimizer_state(dit, optimizer.optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+    if cfg.model.compile and acc.device.type == "cuda":  # after sharding, block by block (as FSDP2 wants)
+        model.transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
 
     # ---- data: draw numbers are a pure function of the step, so resume continues the stream
     micro_per_step = t.gradient_accumulation
@@ -121,10 +125,11 @@ def main(argv=None):
         acc.init_trackers("diffhdr", config=asdict(cfg))
 
     def save(name):
+        # every rank: under FSDP these gather the shards of the LoRA and of its optimizer state
+        lora, optim = adapter_state(model.transformer), optimizer_state(dit, optimizer.optimizer)
         if acc.is_main_process:
-            training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                              "torch_rng": torch.get_rng_state()}
-            save_checkpoint(out / checkpoint_name(name), acc.unwrap_model(dit), color, step, training_state)
+            training_state = {"optimizer": optim, "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
+            save_checkpoint(out / checkpoint_name(name), model.transformer, color, step, training_state, lora)
             log.info("saved %s", out / checkpoint_name(name))
         acc.wait_for_everyone()
 
@@ -171,7 +176,7 @@ def main(argv=None):
             if cfg.use_wandb:
                 acc.log({"loss/flow": loss_mean, "lr": lr, "step": step}, step=step)
         if val_set is not None and t.validate_every and step % t.validate_every == 0:
-            validate(model, val_set, cfg, acc, out, step, texts)
+            validate(model, val_set, cfg, acc, out, step, texts, sharded)
         stopping = acc.reduce(torch.tensor(float(stop.set), device=acc.device), "max").item() > 0
         if step % t.checkpoint_every == 0 or stopping:
             save(step)
@@ -186,19 +191,21 @@ def main(argv=None):
     return 0
 
 
-def validate(model, val_set, cfg, acc, out: Path, step: int, texts):
-    if not acc.is_main_process:
+def validate(model, val_set, cfg, acc, out: Path, step: int, texts, sharded: bool):
+    """On rank 0; with sharded weights every rank runs it (each forward gathers from all), rank 0 writes."""
+    if not (acc.is_main_process or sharded):
         acc.wait_for_everyone()
         return
     model.transformer.eval()
+    sample_dir = out / "validation" / f"step-{step:06d}" if acc.is_main_process else None
     with acc.autocast(), model.unwrapped():
         loss = validation_loss(model, val_set, cfg, acc.device, texts)
-        sample_dir = out / "validation" / f"step-{step:06d}"
         write_validation_sample(model, val_set[0], cfg, sample_dir, steps=10, device=acc.device, texts=texts)
     model.transformer.train()
-    log.info("step=%d val_loss=%.5f sample=%s", step, loss, sample_dir)
-    if cfg.use_wandb:
-        acc.log({"loss/val": loss}, step=step)
+    if acc.is_main_process:
+        log.info("step=%d val_loss=%.5f sample=%s", step, loss, sample_dir)
+        if cfg.use_wandb:
+            acc.log({"loss/val": loss}, step=step)
     acc.wait_for_everyone()
 
 

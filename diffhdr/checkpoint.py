@@ -34,13 +34,15 @@ def checkpoint_name(step: int | str) -> str:
 
 
 def save_checkpoint(
-    directory: Path, transformer, color: dict, step: int, training_state: dict | None = None
+    directory: Path, transformer, color: dict, step: int, training_state: dict | None = None,
+    lora_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
+    """`lora_state`: adapter_state(transformer), gathered by every rank beforehand under FSDP."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_adapter(transformer, tmp)
+    save_adapter(transformer, tmp, lora_state)
     (tmp / COLOR_CONFIG).write_text(json.dumps(color, indent=2))
     (tmp / STEP_FILE).write_text(f"{step}\n")
     if training_state is not None:
@@ -54,6 +56,31 @@ def save_checkpoint(
     else:
         os.replace(tmp, directory)
     return directory
+
+
+def _full_state_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def optimizer_state(model, optimizer) -> dict | None:
+    """The optimizer's state as one unsharded dict (keys: parameter names), whatever the wrapping
+    (none, DDP, FSDP2); every rank calls it, rank 0 gets the dict. None before the first step
+    (torch would run a zero step to create the state, shifting Adam's step count)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    if not optimizer.state:
+        return None
+    return get_optimizer_state_dict(model, optimizer, options=_full_state_options(cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, state: dict | None) -> None:
+    """Inverse of optimizer_state, after the model is wrapped: FSDP takes each rank's shard."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    if state is not None:
+        set_optimizer_state_dict(model, optimizer, state, options=_full_state_options())
 
 
 def read_color_config(directory: Path) -> dict:

@@ -42,11 +42,22 @@ DIFFUSERS_TO_WAN = {v: k for k, v in WAN_TO_DIFFUSERS.items()}
 _KEY = re.compile(r"^((?:vace_)?blocks\.\d+)\.(.+)\.(lora_[AB])(?:\.default)?\.weight$")
 
 
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """A weight FSDP2 shards (a DTensor) -> the whole tensor; a collective, so every rank calls it."""
+    full = getattr(t, "full_tensor", None)
+    return full() if full is not None else t
+
+
 def _lora_state(transformer) -> dict[str, torch.Tensor]:
     """{module name: {'lora_A': A, 'lora_B': B}} flattened as '<module>.lora_A.weight' keys."""
     from peft.utils import get_peft_model_state_dict
 
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+    return {k: _whole(v).detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+
+
+def adapter_state(transformer) -> dict[str, torch.Tensor]:
+    """What adapter_model.safetensors holds. Under FSDP every rank must call it (it gathers)."""
+    return {PEFT_PREFIX + k: v for k, v in _lora_state(transformer).items()}
 
 
 def _scale(transformer) -> float:
@@ -54,8 +65,9 @@ def _scale(transformer) -> float:
     return cfg.lora_alpha / cfg.r
 
 
-def save_adapter(transformer, directory: Path) -> None:
-    """adapter_config.json + adapter_model.safetensors, loadable by peft's PeftModel too."""
+def save_adapter(transformer, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """adapter_config.json + adapter_model.safetensors, loadable by peft's PeftModel too.
+    `state`: adapter_state(transformer), when the caller gathered it already."""
     cfg = transformer.peft_config["default"]
     directory.mkdir(parents=True, exist_ok=True)
     config = cfg.to_dict()
@@ -63,7 +75,7 @@ def save_adapter(transformer, directory: Path) -> None:
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     with atomic_path(directory / ADAPTER_CONFIG) as tmp:
         tmp.write_text(json.dumps(config, indent=2, default=str))
-    state = {PEFT_PREFIX + k: v for k, v in _lora_state(transformer).items()}
+    state = adapter_state(transformer) if state is None else state
     with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
 

@@ -78,8 +78,9 @@ def validation_loss(model, dataset, cfg: Config, device, texts=None, max_items: 
     return sum(losses) / max(len(losses), 1)
 
 
-def write_validation_sample(model, item, cfg: Config, out_dir: Path, steps: int, device, texts=None) -> Path:
-    """Reconstruct one held-out clip from its synthetic LDR; write EXR frames and a PNG strip.
+def write_validation_sample(model, item, cfg: Config, out_dir: Path | None, steps: int, device, texts=None):
+    """Reconstruct one held-out clip from its synthetic LDR; write EXR frames and a PNG strip
+    (`out_dir` None: only take part in the forwards, as the other ranks of a sharded model do).
     With a TextCache the caption and "" come from it (CFA, whose texts it lacks, is then off)."""
     from PIL import Image
 
@@ -93,6 +94,8 @@ def write_validation_sample(model, item, cfg: Config, out_dir: Path, steps: int,
     cached = (texts([item.prompt], device), texts([settings.negative_prompt], device)) if texts else None
     hdr = reconstruct(model, ldr, parse_prompt(item.prompt), *gm, settings, device=device, progress=False,
                       texts=cached)
+    if out_dir is None:
+        return None
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = hdr.permute(0, 2, 3, 1).numpy()
     for i, f in enumerate(frames):
