@@ -24,7 +24,7 @@ from diffhdr.lora_io import load_any_lora
 from diffhdr.model import DiffHDRModel
 from diffhdr.outputs import prepare_output_dir, write_outputs
 from diffhdr.parallel import CP_KINDS, enable_context_parallel, init_distributed, local_device
-from diffhdr.pipeline import PRESETS, InferenceSettings, encode_texts, reconstruct
+from diffhdr.pipeline import FAST_GUIDANCE, PRESETS, InferenceSettings, encode_texts, reconstruct
 from diffhdr.prompting import parse_prompt
 from diffhdr.runtime import MEMORY_MODES, SPEED_MODES, apply_memory_mode, apply_speed_mode
 from diffhdr.tiny import resolve_backbone
@@ -46,6 +46,10 @@ def parse_args(argv):
     p.add_argument("--num_inference_steps", type=int)
     p.add_argument("--guidance_scale", type=float)
     p.add_argument("--negative_prompt")
+    p.add_argument("--cfg_interval", type=float,
+                   help="guide only the first fraction of the steps (default 1; 0.4 with --speed fast)")
+    p.add_argument("--cfg_refresh", type=int,
+                   help="unconditional forward every Nth guided step, direction reused between (default 1; 2 with --speed fast)")
     p.add_argument("--alpha_over", type=float)
     p.add_argument("--alpha_under", type=float)
     p.add_argument("--no_cfa", dest="cfa", action="store_false", default=None, help="standard attention")
@@ -58,7 +62,8 @@ def parse_args(argv):
     p.add_argument("--height", type=int, help="resize frames to this height (width keeps the aspect)")
     p.add_argument("--start_frame", type=int, default=0)
     p.add_argument("--num_frames", type=int, help="process only this many frames")
-    p.add_argument("--speed", choices=SPEED_MODES, default="default")
+    p.add_argument("--speed", choices=SPEED_MODES, default="default",
+                   help="fast = fp8 GEMMs + guidance on fewer steps (--cfg_interval/--cfg_refresh); lossy")
     p.add_argument("--memory", choices=MEMORY_MODES, default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--context_parallel", choices=CP_KINDS, default="ulysses",
@@ -69,6 +74,8 @@ def parse_args(argv):
 
 def settings_from_args(a) -> InferenceSettings:
     s = dataclasses.replace(InferenceSettings(), **PRESETS[a.preset])
+    if a.speed == "fast":
+        s = dataclasses.replace(s, **FAST_GUIDANCE)
     overrides = {f.name: getattr(a, f.name) for f in dataclasses.fields(s) if getattr(a, f.name, None) is not None}
     return dataclasses.replace(s, **overrides)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,12 @@ class InferenceSettings:
     # Both CFG branches in one batch of 2: on an H100 at 720p this ran slower (9.0 vs 8.6 s/step) and
     # used 6 GiB more than two forwards (bench/results/infer_*.json), so it is off by default.
     batch_cfg: bool = False
+    # Guidance on the first `cfg_interval` of the steps only (the rest: the conditional prediction),
+    # and inside it the unconditional forward on every `cfg_refresh`-th step, its guidance
+    # direction (cond - uncond) reused in between. 1.0 / 1: plain CFG. Lossy; `--speed fast`
+    # turns them on (FAST_GUIDANCE), measured in bench/bench_infer.py.
+    cfg_interval: float = 1.0
+    cfg_refresh: int = 1
     negative_prompt: str = ""
     cfa: bool = True
     cfa_vace: bool = False
@@ -71,6 +78,18 @@ PRESETS = {
     "reference": dict(guidance_scale=1.0, scheduler="euler", shift=5.0, window_overlap=17, seed=10, cfa=False,
                       blend="linear"),
 }
+
+
+FAST_GUIDANCE = dict(cfg_interval=0.4, cfg_refresh=2)
+
+
+def guidance_plan(num_steps: int, interval: float, refresh: int) -> list[str]:
+    """Per step: "full" (cond + uncond forwards), "reuse" (cond + the last guidance direction) or
+    "cond" (no guidance)."""
+    if not 0.0 <= interval <= 1.0 or refresh < 1:
+        raise ValueError(f"cfg_interval must be in [0, 1] and cfg_refresh >= 1 (got {interval}, {refresh})")
+    guided = math.ceil(interval * num_steps - 1e-9)
+    return ["cond" if i >= guided else "full" if i % refresh == 0 else "reuse" for i in range(num_steps)]
 
 
 def window_starts(num_frames: int, window: int, overlap: int) -> tuple[list[int], int, int]:
@@ -205,7 +224,7 @@ def denoise(
     scheduler = make_scheduler(model, settings)
     timesteps = set_timesteps(scheduler, settings, noise.device)
     latents = noise.float()
-    cfg = uncond is not None
+    cfg = uncond is not None and settings.guidance_scale != 1.0  # g = 1: the conditional prediction
     state = CFAState(alpha_over=settings.alpha_over, alpha_under=settings.alpha_under)
     gate_on = gate_off = (None, None)
     if gates is not None:
@@ -217,18 +236,20 @@ def denoise(
         return model._dit_forward(x, t.expand(x.shape[0]), text, context.expand(x.shape[0], -1, -1, -1, -1)).float()
 
     use_cfa = settings.cfa and gates is not None
+    plan = guidance_plan(len(timesteps), settings.cfg_interval, settings.cfg_refresh) if cfg else ["cond"] * len(timesteps)
+    direction = None  # cond - uncond, the guidance direction of the last "full" step
     with cfa_enabled(model.transformer, state, settings.cfa_vace) if use_cfa else contextlib.nullcontext():
-        for t in tqdm(timesteps, desc="steps", leave=False, disable=not progress):
-            if not cfg:
-                pred = velocity(latents, t, cond, gate_on)
-            elif settings.batch_cfg:
+        for t, kind in tqdm(zip(timesteps, plan), total=len(plan), desc="steps", leave=False, disable=not progress):
+            if kind == "full" and settings.batch_cfg:
                 both = tuple(None if a is None else torch.cat([a, b]) for a, b in zip(gate_on, gate_off))
                 p_cond, p_uncond = velocity(torch.cat([latents, latents]), t, torch.cat([cond, uncond]), both).chunk(2)
-                pred = p_uncond + settings.guidance_scale * (p_cond - p_uncond)
             else:
                 p_cond = velocity(latents, t, cond, gate_on)
-                p_uncond = velocity(latents, t, uncond, gate_off)
-                pred = p_uncond + settings.guidance_scale * (p_cond - p_uncond)
+                p_uncond = velocity(latents, t, uncond, gate_off) if kind == "full" else None
+            if kind == "full":
+                direction = p_cond - p_uncond
+            # = p_uncond + g (p_cond - p_uncond) on "full" steps
+            pred = p_cond if kind == "cond" else p_cond + (settings.guidance_scale - 1.0) * direction
             latents = scheduler.step(pred, t, latents, return_dict=False)[0]
     return latents
 

@@ -263,3 +263,42 @@ def test_release_blending_in_linear_hdr():
     jumps = (torch.log1p(hdr[1:]) - torch.log1p(hdr[:-1])).abs().mean(dim=(1, 2, 3))
     inside = [i for i in range(49) if not 14 <= i <= 33]  # away from the overlap of frames 16..32
     assert jumps[15:33].max() <= jumps[inside].max()
+
+
+def test_guidance_plan():
+    from diffhdr.pipeline import guidance_plan
+
+    assert guidance_plan(4, 1.0, 1) == ["full"] * 4
+    assert guidance_plan(10, 0.4, 2) == ["full", "reuse", "full", "reuse"] + ["cond"] * 6
+    assert guidance_plan(5, 0.0, 1) == ["cond"] * 5
+    with pytest.raises(ValueError):
+        guidance_plan(5, 0.5, 0)
+
+
+def _tiny_denoise_inputs():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    context, noise = torch.randn(1, 96, 3, 4, 6, generator=g), torch.randn(1, 16, 3, 4, 6, generator=g)
+    return model, context, noise, model.encode_text(["[Overexposed: sun]"]), model.encode_text([""])
+
+
+def test_guidance_interval_and_refresh_save_forwards():
+    """Forwards counted on the real transformer: steps + unconditional ones on "full" steps only;
+    an empty interval gives exactly the unguided result, a full one with refresh 1 plain CFG."""
+    model, context, noise, cond, uncond = _tiny_denoise_inputs()
+    calls = []
+    model.transformer.register_forward_hook(lambda *_: calls.append(1))
+
+    def run(**kw):
+        calls.clear()
+        out = denoise(model, context, cond, uncond, noise, InferenceSettings(num_inference_steps=6, cfa=False, **kw),
+                      progress=False)
+        return out, len(calls)
+
+    plain, n_plain = run(guidance_scale=5.0)
+    fast, n_fast = run(guidance_scale=5.0, cfg_interval=0.5, cfg_refresh=2)
+    unguided, _ = run(guidance_scale=5.0, cfg_interval=0.0)
+    cond_only, n_cond = run(guidance_scale=1.0)
+    assert (n_plain, n_fast, n_cond) == (12, 8, 6)
+    assert torch.equal(unguided, cond_only)
+    assert not torch.allclose(fast, plain) and torch.isfinite(fast).all()
