@@ -26,7 +26,7 @@ from diffhdr.cli import run
 from diffhdr.config import load_config
 from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate
 from diffhdr.lora_io import adapter_state
-from diffhdr.model import DiffHDRModel, torch_dtype
+from diffhdr.model import DiffHDRModel, lora_inputs_stay_in_compute_dtype, torch_dtype
 from diffhdr.prompting import TextCache
 from diffhdr.runtime import use_fp8_training_linears
 from diffhdr.tiny import resolve_backbone
@@ -70,6 +70,8 @@ def main(argv=None):
     for p in model.transformer.parameters():
         if p.requires_grad:  # LoRA weights train in float32 whatever the base dtype
             p.data = p.data.float()
+    if t.mixed_precision != "no":
+        lora_inputs_stay_in_compute_dtype(model.transformer)
     for line in preflight(model, targets, cfg):
         if acc.is_main_process:
             print(line, flush=True)

@@ -9,12 +9,15 @@ Modes (guidance 7.5, flow-match Euler, the same noise, VACE context and text for
   batched        both CFG branches in one forward of batch 2 (kept to show why it is off)
   default_nocfa  `--speed default`: cuDNN attention + torch.compile, CFA off
   default        default_nocfa + CFA: what users run (`--speed default --memory full`)
-  fast           default + fp8 GEMMs (`--speed fast`)
+  fp8            default + fp8 GEMMs
+  fast           fp8 + guidance on the first 40% of the steps, its unconditional forward on every
+                 2nd of them (`--speed fast`: diffhdr.pipeline.FAST_GUIDANCE); its time per step is
+                 the average over a whole run of --steps steps
   low            fp8 weight storage cast per layer, no compile: `--memory low` on GPUs without fp8
                  GEMMs (on Ada/Hopper `--memory low` is `fast`'s fp8 weights: see its peak)
 Accuracy: relative L2 error and PSNR (peak-to-peak 2, the [-1, 1] Log-Gamma range) of the final
 latents, each against the mode with the same maths: naive for batched/default_nocfa, default for
-fast/low. With random weights small bf16 differences grow through 40 blocks, so these are upper
+fp8/fast/low (modes compared only when they ran the same number of steps). With random weights small bf16 differences grow through 40 blocks, so these are upper
 bounds of what trained weights would show.
 """
 
@@ -33,13 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from diffhdr.model import DiffHDRModel  # noqa: E402
-from diffhdr.pipeline import InferenceSettings, denoise, make_scheduler, set_timesteps  # noqa: E402
+from diffhdr.pipeline import (FAST_GUIDANCE, InferenceSettings, denoise, guidance_plan, make_scheduler,  # noqa: E402
+                             set_timesteps)
 from diffhdr.runtime import apply_speed_mode  # noqa: E402
 from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
 
-MODES = ("naive", "batched", "default_nocfa", "default", "fast", "low")
-REFERENCE = {"batched": "naive", "default_nocfa": "naive", "default": "default_nocfa", "fast": "default",
-             "low": "default"}
+MODES = ("naive", "batched", "default_nocfa", "default", "fp8", "fast", "low")
+REFERENCE = {"batched": "naive", "default_nocfa": "naive", "default": "default_nocfa", "fp8": "default",
+             "fast": "default", "low": "default"}
 
 
 def inputs(cfg, frames, h, w, device):
@@ -72,10 +76,11 @@ def run_mode(mode, cfg, inp, steps, device):
     model = DiffHDRModel(transformer, None, None, None, base_model="random")
     if mode == "low":
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
-    elif mode in ("default_nocfa", "default", "fast"):
-        apply_speed_mode(model, "fast" if mode == "fast" else "default", device)
+    elif mode in ("default_nocfa", "default", "fp8", "fast"):
+        apply_speed_mode(model, "fast" if mode in ("fp8", "fast") else "default", device)
     settings = InferenceSettings(num_inference_steps=steps, guidance_scale=7.5, scheduler="euler",
-                                 batch_cfg=mode == "batched", cfa=mode in ("default", "fast", "low"))
+                                 batch_cfg=mode == "batched", cfa=mode not in ("naive", "batched", "default_nocfa"),
+                                 **(FAST_GUIDANCE if mode == "fast" else {}))
     cfa = settings.cfa
     cond = inp["cfa_cond"] if cfa else inp["cond"]
     uncond = inp["uncond"].repeat(1, 4, 1) if cfa else inp["uncond"]
@@ -93,7 +98,9 @@ def run_mode(mode, cfg, inp, steps, device):
         with common.timed(device, times):
             latents = denoise(model, inp["context"], cond, uncond, inp["noise"], settings, gates, progress=False)
         s_per_step = times[1] / steps
-    return latents, {"mode": mode, "s_per_step": s_per_step, "warmup_s": times[0] if mode != "naive" else None,
+    plan = guidance_plan(steps, settings.cfg_interval, settings.cfg_refresh)
+    return latents, {"mode": mode, "steps": steps, "forwards_per_step": (steps + plan.count("full")) / steps,
+                     "s_per_step": s_per_step, "warmup_s": times[0] if mode != "naive" else None,
                      "peak_GiB": common.peak_gib(device)}
 
 
@@ -109,6 +116,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--steps", type=int, default=2, help="timed denoising steps (after a warm-up step)")
+    p.add_argument("--naive_steps", type=int, help="steps for naive (its cost per step does not depend on the "
+                                                       "schedule; default --steps)")
+    p.add_argument("--tag", default="", help="suffix of the JSON name")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--out")
     a = p.parse_args()
@@ -118,7 +128,8 @@ def main():
     rows, finals = [], {}
     for mode in a.modes.split(","):
         try:
-            latents, row = run_mode(mode, cfg, inp, a.steps, device)
+            steps = a.naive_steps if mode == "naive" and a.naive_steps else a.steps
+            latents, row = run_mode(mode, cfg, inp, steps, device)
             finals[mode] = latents.cpu()
         except Exception as e:  # report the failure, measure the other modes
             traceback.print_exc()
@@ -129,18 +140,21 @@ def main():
     naive_s = next((r["s_per_step"] for r in rows if r["mode"] == "naive" and "s_per_step" in r), None)
     for r in rows:
         ref = REFERENCE.get(r["mode"])
-        if r["mode"] in finals and ref in finals:
+        same = ref in finals and next(x["steps"] for x in rows if x["mode"] == ref) == r.get("steps")
+        if r["mode"] in finals and same:
             r["error_vs"], r["rel_err"] = ref, rel_err(finals[r["mode"]], finals[ref])
             r["psnr_dB"] = psnr(finals[r["mode"]], finals[ref])
         if naive_s and "s_per_step" in r:
             r["speedup_vs_naive"] = naive_s / r["s_per_step"]
     print()
-    print(common.table(rows, ["mode", "s_per_step", "speedup_vs_naive", "peak_GiB", "error_vs", "rel_err", "psnr_dB"]))
+    print(common.table(rows, ["mode", "steps", "forwards_per_step", "s_per_step", "speedup_vs_naive", "peak_GiB",
+                              "error_vs", "rel_err", "psnr_dB"]))
     payload = {"benchmark": "inference_denoising_step_cfg", "environment": common.environment(device),
                "config": {"frames": frames, "height": h, "width": w, "timed_steps": a.steps, "guidance_scale": 7.5,
+                          "fast_guidance": FAST_GUIDANCE,
                           "tiny": a.tiny, "transformer": dict(cfg)},
                "results": rows}
-    print("wrote", common.write_json("infer_tiny" if a.tiny else "infer", payload, a.out))
+    print("wrote", common.write_json(("infer_tiny" if a.tiny else "infer") + a.tag, payload, a.out))
 
 
 if __name__ == "__main__":

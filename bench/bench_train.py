@@ -11,6 +11,8 @@ Recipes, all with LoRA r=32 on the main blocks (peft), bf16 weights, the same ra
   ours_compiled      ours + torch.compile of the repeated blocks
   ours_fp8_compiled  ours_compiled + fp8 (e4m3, row-wise scaled) GEMMs for the frozen base
                      linears, forward and dx
+  ours_fp8_compiled_nocast  + LoRA inputs left in bf16 (peft casts each to the float32 of the
+                     LoRA weights, autocast casts it back): what train.py runs
 The VAE and text encoder are not timed (precomputed latents; the same cost for every recipe).
 """
 
@@ -27,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from diffhdr.config import ModelConfig  # noqa: E402
-from diffhdr.model import discover_lora_targets, enable_gradient_checkpointing  # noqa: E402
+from diffhdr.model import (discover_lora_targets, enable_gradient_checkpointing,  # noqa: E402
+                           lora_inputs_stay_in_compute_dtype)
 from diffhdr.runtime import use_fp8_training_linears  # noqa: E402
 from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
 
-RECIPES = ("naive", "ours", "ours_compiled", "ours_fp8_compiled")
+RECIPES = ("naive", "ours", "ours_compiled", "ours_fp8_compiled", "ours_fp8_compiled_nocast")
 
 
 def make_inputs(cfg, frames, h, w, device):
@@ -60,6 +63,8 @@ def build(recipe, cfg, rank, device):
         transformer.set_attention_backend("_native_cudnn")
     if "fp8" in recipe:
         use_fp8_training_linears(transformer)
+    if "nocast" in recipe:
+        lora_inputs_stay_in_compute_dtype(transformer)
     if "compiled" in recipe:
         transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
     transformer.train()
@@ -77,12 +82,28 @@ def micro_step(transformer, inp, sigma=0.6):
     return loss.detach()
 
 
+def profile(transformer, inp, path):
+    """CUDA kernel time of one micro-step, by kernel, largest first (where the time goes)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        micro_step(transformer, inp)
+        torch.cuda.synchronize()
+    for prm in transformer.parameters():
+        prm.grad = None
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=60, max_name_column_width=90)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(table)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--steps", type=int, default=3, help="timed micro-steps after one warm-up")
     p.add_argument("--recipes", default=",".join(RECIPES))
     p.add_argument("--out", help="also copy the JSON here")
+    p.add_argument("--profile", help="write a kernel-time table of one micro-step of the last recipe here")
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
     cfg, (frames, h, w), rank = (TINY_TRANSFORMER, (5, 32, 32), 4) if a.tiny else (REAL_TRANSFORMER, (33, 720, 1280), 32)
@@ -108,6 +129,8 @@ def main():
             del transformer, params
             common.free(device)
             continue
+        if a.profile and recipe == a.recipes.split(",")[-1]:
+            profile(transformer, inp, a.profile)
         row = {"recipe": recipe, "s_per_micro_step": sum(times[1:]) / a.steps, "peak_GiB": common.peak_gib(device),
                "loss": losses[0], "warmup_s": times[0]}
         rows.append(row)

@@ -108,6 +108,18 @@ def enable_gradient_checkpointing(transformer, blocks: str | int = "all", save_a
     transformer.enable_gradient_checkpointing(gradient_checkpointing_func=run)
 
 
+def lora_inputs_stay_in_compute_dtype(transformer) -> None:
+    """For training under bf16 autocast with float32 LoRA weights. peft casts each LoRA input to
+    the weights' float32, then autocast casts it straight back to bf16 for the matmul: two copies
+    of every activation per wrapped linear, forward and recompute, for the same result. With the
+    cast off the input stays bf16 and autocast casts the small A and B instead. Needs autocast."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in transformer.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
+
+
 class DiffHDRModel(nn.Module):
     def __init__(self, transformer, vae, text_encoder, tokenizer, scheduler=None, base_model: str = ""):
         """Components may be None for partial models (the benchmarks: DiT-only, VAE-only)."""

@@ -40,3 +40,31 @@ def test_selective_checkpointing_keeps_self_attention_only(monkeypatch):
     kept_two, g_two = forward_backward(2, monkeypatch)
     assert kept_none == [] and kept_all == [128] * 4 and kept_two == [128] * 2  # 4 main blocks, video keys
     assert torch.allclose(g_none, g_all, atol=1e-7) and torch.allclose(g_none, g_two, atol=1e-7)
+
+
+def test_lora_inputs_without_peft_cast_give_identical_training_step():
+    """bf16 base, float32 LoRA, bf16 autocast (train.py's setup): skipping peft's cast of each
+    LoRA input to float32 changes neither the loss nor any LoRA gradient."""
+    model = DiffHDRModel.from_pretrained(resolve_backbone("tiny"), dtype=torch.bfloat16)
+    model.add_lora(ModelConfig(lora_rank=4, lora_alpha=4.0))
+    g = torch.Generator().manual_seed(0)
+    for p in model.transformer.parameters():
+        if p.requires_grad:
+            p.data = torch.randn(p.shape, generator=g) * 0.05  # float32, B non-zero so A gets gradient
+    x, ctx = torch.randn(1, 16, 2, 4, 4, generator=g), torch.randn(1, 96, 2, 4, 4, generator=g)
+    text = torch.randn(1, 8, 32, generator=g)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model._dit_forward(x, torch.tensor([500.0]), text, ctx)
+        loss = out.float().square().mean()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.transformer.named_parameters() if p.requires_grad}
+        model.transformer.zero_grad(set_to_none=True)
+        return loss.detach(), grads
+
+    loss_cast, grads_cast = step()
+    model_mod.lora_inputs_stay_in_compute_dtype(model.transformer)
+    loss, grads = step()
+    assert torch.equal(loss, loss_cast)
+    assert grads.keys() == grads_cast.keys() and all(torch.equal(grads[n], grads_cast[n]) for n in grads)
