@@ -3,7 +3,8 @@
     python inference.py --input_video clip.mp4 --output_dir out/ --lora_checkpoint checkpoints/checkpoint-final \
         --prompt "[Overexposed: bright sky and sun]; [Underexposed: dark shadows under trees]"
 
-Writes out/exr/frame_%05d.exr, out/preview.mp4 and out/settings.json.
+Writes out/exr/frame_%05d.exr, out/preview.mp4, out/settings.json (and with --hdr10_preview
+out/preview_hdr10.mp4).
 On several GPUs, `torchrun --nproc_per_node N inference.py ...` splits the DiT's tokens over them
 (context parallelism, --context_parallel); rank 0 writes the outputs.
 """
@@ -47,9 +48,9 @@ def parse_args(argv):
     p.add_argument("--guidance_scale", type=float)
     p.add_argument("--negative_prompt")
     p.add_argument("--cfg_interval", type=float,
-                   help="guide only the first fraction of the steps (default 1; 0.4 with --speed fast)")
+                   help="guide only the first fraction of the steps (default 1; 0.3 with --speed fast)")
     p.add_argument("--cfg_refresh", type=int,
-                   help="unconditional forward every Nth guided step, direction reused between (default 1; 2 with --speed fast)")
+                   help="unconditional forward every Nth guided step, direction reused between (default 1; 3 with --speed fast)")
     p.add_argument("--alpha_over", type=float)
     p.add_argument("--alpha_under", type=float)
     p.add_argument("--no_cfa", dest="cfa", action="store_false", default=None, help="standard attention")
@@ -69,6 +70,8 @@ def parse_args(argv):
     p.add_argument("--context_parallel", choices=CP_KINDS, default="ulysses",
                    help="attention across GPUs when launched with torchrun on several processes")
     p.add_argument("--overwrite", action="store_true", help="replace frames already in --output_dir")
+    p.add_argument("--hdr10_preview", action="store_true",
+                   help="also write preview_hdr10.mp4 (HEVC Main10, PQ, BT.2020; linear 1.0 = 203 cd/m2)")
     return p.parse_args(argv)
 
 
@@ -139,7 +142,7 @@ def main(argv=None):
     record = {"input_video": a.input_video, "lora_checkpoint": a.lora_checkpoint, "base_model": str(base),
               "prompt": a.prompt, "preset": a.preset, "gamma": color["gamma"], "M": color["M"],
               "speed": a.speed, "memory": memory, "gpus": world, "fps": fps, "settings": dataclasses.asdict(settings)}
-    write_outputs(out, hdr, fps, record)
+    write_outputs(out, hdr, fps, record, hdr10=a.hdr10_preview)
     log.info("wrote %d EXR frames and preview.mp4 to %s", len(hdr), out)
 
 

@@ -10,8 +10,8 @@ Modes (guidance 7.5, flow-match Euler, the same noise, VACE context and text for
   default_nocfa  `--speed default`: cuDNN attention + torch.compile, CFA off
   default        default_nocfa + CFA: what users run (`--speed default --memory full`)
   fp8            default + fp8 GEMMs
-  fast           fp8 + guidance on the first 40% of the steps, its unconditional forward on every
-                 2nd of them (`--speed fast`: diffhdr.pipeline.FAST_GUIDANCE); its time per step is
+  fast           fp8 + guidance on the first 30% of the steps, its unconditional forward on every
+                 3rd of them (`--speed fast`: diffhdr.pipeline.FAST_GUIDANCE); its time per step is
                  the average over a whole run of --steps steps
   low            fp8 weight storage cast per layer, no compile: `--memory low` on GPUs without fp8
                  GEMMs (on Ada/Hopper `--memory low` is `fast`'s fp8 weights: see its peak)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real CLIs on a GPU with the tiny model: bf16 training with cuDNN attention, selective
-# checkpointing and fp8 base GEMMs (LDR synthesis and masks on the GPU), then inference in each
-# speed mode and each memory mode.
+# checkpointing and fp8 base GEMMs (LDR synthesis and masks on the GPU); the same through accelerate
+# with FSDP2 (configs/accelerate/fsdp.yaml, one process: the sharded code paths, no communication),
+# stopped and resumed; then inference in each speed mode and each memory mode.
 # Usage: bash bench/gpu_smoke.sh OUTDIR
 set -euo pipefail
 out=${1:-/tmp/gpu_smoke}
@@ -16,6 +17,12 @@ training: {num_steps: 20, log_every: 5, checkpoint_every: 10, validate_every: 10
 output_dir: $work/ckpt
 YAML
 python3 train.py --config "$work/gpu.yaml" 2>&1 | tee "$out/train.log"
+sed "s#output_dir: .*#output_dir: $work/fsdp#" "$work/gpu.yaml" > "$work/fsdp.yaml"
+fsdp=(python3 -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml --num_processes 1
+      train.py --config "$work/fsdp.yaml")
+"${fsdp[@]}" --max_steps 10 2>&1 | grep -v "it/s" | tee "$out/train_fsdp.log"
+"${fsdp[@]}" --resume_from_checkpoint latest 2>&1 | grep -v "it/s" | tee -a "$out/train_fsdp.log"
+ls "$work/fsdp/checkpoint-final" | tee -a "$out/train_fsdp.log"
 python3 -c "
 import numpy as np
 from diffhdr.synthetic import render_frame
@@ -27,7 +34,8 @@ for combo in naive:full default:full default:low fast:offload; do
   {
     python3 inference.py --input_video "$work/ldr.mp4" --output_dir "$work/out_${speed}_$memory" \
       --lora_checkpoint "$work/ckpt/checkpoint-final" --prompt "[Overexposed: sun]; [Underexposed: room]" \
-      --num_inference_steps 4 --speed $speed --memory $memory --device cuda 2>&1 | grep -v "it/s" | tee -a "$out/infer.log"
+      --num_inference_steps 4 --speed $speed --memory $memory --device cuda --hdr10_preview 2>&1 | grep -v "it/s" | tee -a "$out/infer.log"
     ls "$work/out_${speed}_$memory/exr" | wc -l | sed "s/^/$speed $memory frames: /" | tee -a "$out/infer.log"
+    ls "$work/out_${speed}_$memory" | tr '\n' ' ' | tee -a "$out/infer.log"; echo
   }
 done

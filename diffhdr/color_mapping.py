@@ -115,3 +115,45 @@ def reinhard_global(rgb, key: float = 0.18, white: float | None = None, channel_
     ratio = ld / (y + eps)
     ratio = ratio.unsqueeze(channel_axis) if _is_torch(ratio) else np.expand_dims(ratio, channel_axis)
     return _clip(rgb * ratio, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------- HDR10 (preview only)
+# BT.2087: linear Rec.709 RGB -> linear BT.2020 RGB (same D65 white).
+REC709_TO_REC2020 = np.array([[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114], [0.0164, 0.0880, 0.8956]])
+REC2020_KR, REC2020_KB = 0.2627, 0.0593
+PQ_MAX_NITS = 10000.0
+HDR_REFERENCE_WHITE_NITS = 203.0  # BT.2408: diffuse white; our linear 1.0 (the LDR white at EV 0)
+_PQ_M1, _PQ_M2 = 2610 / 16384, 2523 / 4096 * 128
+_PQ_C1, _PQ_C2, _PQ_C3 = 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+
+
+def pq_encode(nits):
+    """SMPTE ST 2084 inverse EOTF: absolute luminance (cd/m2) -> PQ signal in [0, 1]."""
+    y = _clip(nits / PQ_MAX_NITS, 0.0, 1.0) ** _PQ_M1
+    return ((_PQ_C1 + _PQ_C2 * y) / (1 + _PQ_C3 * y)) ** _PQ_M2
+
+
+def pq_decode(e):
+    """SMPTE ST 2084 EOTF: PQ signal in [0, 1] -> cd/m2."""
+    p = _clip(e, 0.0, 1.0) ** (1 / _PQ_M2)
+    return PQ_MAX_NITS * (_clip(p - _PQ_C1, 0.0, None) / (_PQ_C2 - _PQ_C3 * p)) ** (1 / _PQ_M1)
+
+
+def hdr10_yuv(rgb709: np.ndarray, white_nits: float = HDR_REFERENCE_WHITE_NITS) -> tuple[np.ndarray, ...]:
+    """Linear Rec.709 (H, W, 3), H and W even -> 10-bit limited-range BT.2020 non-constant-luminance
+    Y'CbCr 4:2:0 planes (uint16): Y (H, W), Cb and Cr (H/2, W/2). Chroma is the 2x2 mean."""
+    rgb = np.clip(rgb709 @ REC709_TO_REC2020.T, 0.0, None) * white_nits
+    e = pq_encode(rgb)  # R'G'B'
+    y = REC2020_KR * e[..., 0] + (1 - REC2020_KR - REC2020_KB) * e[..., 1] + REC2020_KB * e[..., 2]
+    cb = (e[..., 2] - y) / (2 * (1 - REC2020_KB))
+    cr = (e[..., 0] - y) / (2 * (1 - REC2020_KR))
+    h, w = y.shape
+    sub = lambda c: c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))  # noqa: E731
+    q = lambda v: np.clip(np.round(v), 0, 1023).astype(np.uint16)  # noqa: E731
+    return q(64 + 876 * y), q(512 + 896 * sub(cb)), q(512 + 896 * sub(cr))
+
+
+def hdr10_light_levels(rgb709: np.ndarray, white_nits: float = HDR_REFERENCE_WHITE_NITS) -> tuple[int, int]:
+    """CTA-861.3 MaxCLL and MaxFALL (cd/m2) of linear Rec.709 frames (T, H, W, 3)."""
+    peak = np.clip(np.clip(rgb709 @ REC709_TO_REC2020.T, 0.0, None).max(axis=-1) * white_nits, 0, PQ_MAX_NITS)
+    return int(np.ceil(peak.max())), int(np.ceil(peak.reshape(len(peak), -1).mean(axis=1).max()))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .color_mapping import REC709_CHROMATICITIES
+from .color_mapping import HDR_REFERENCE_WHITE_NITS, REC709_CHROMATICITIES, hdr10_light_levels, hdr10_yuv
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 HDR_EXTS = (".exr", ".hdr", ".pic")
@@ -281,3 +281,44 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 24.0, crf: in
             for f in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
             container.mux(stream.encode())
+
+
+# BT.2020 primaries and D65 in x265's units (0.00002), a 1000-nit mastering display.
+_MASTER_DISPLAY = "G(8500,39850)B(6550,2300)R(35400,14600)WP(15635,16450)L(10000000,50)"
+
+
+def hevc_10bit_available() -> bool:
+    import av
+
+    try:
+        return "yuv420p10le" in {f.name for f in av.codec.Codec("libx265", "w").video_formats}
+    except Exception:  # no libx265 in this FFmpeg build
+        return False
+
+
+def write_hdr10_video(path: str | Path, frames: np.ndarray, fps: float = 24.0, crf: int = 18,
+                      white_nits: float = HDR_REFERENCE_WHITE_NITS) -> tuple[int, int]:
+    """Linear Rec.709 (T, H, W, 3) -> HDR10 mp4: HEVC Main10, PQ, BT.2020, 4:2:0, with MaxCLL/MaxFALL
+    and mastering-display metadata; linear 1.0 shows at `white_nits`. Returns (MaxCLL, MaxFALL)."""
+    import av
+
+    t, h, w, _ = frames.shape
+    # even sizes for 4:2:0; at least 64 px: libx265 (PyAV 18's FFmpeg) corrupts memory on some narrower frames
+    ph, pw = max(h + h % 2, 64) - h, max(w + w % 2, 64) - w
+    if ph or pw:
+        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+    cll, fall = hdr10_light_levels(frames, white_nits)
+    params = (f"colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc:range=limited:hdr10=1:repeat-headers=1:"
+              f"max-cll={cll},{fall}:master-display={_MASTER_DISPLAY}:log-level=error")
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx265", rate=round(fps))
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p10le"
+            stream.options = {"crf": str(crf), "x265-params": params, "tag": "hvc1"}
+            for f in frames:
+                planes = np.concatenate([p.ravel() for p in hdr10_yuv(f, white_nits)])
+                frame = av.VideoFrame.from_ndarray(planes.reshape(-1, frames.shape[2]), format="yuv420p10le")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+    return cll, fall

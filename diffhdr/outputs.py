@@ -1,9 +1,11 @@
 """The inference output folder: exr/frame_%05d.exr (half float, linear Rec.709), preview.mp4
-(global Reinhard + sRGB, 8 bit) and settings.json."""
+(global Reinhard + sRGB, 8 bit), settings.json and, if asked, preview_hdr10.mp4 (HEVC Main10,
+PQ, BT.2020; linear 1.0 at 203 cd/m2, BT.2408's reference white)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .color_mapping import linear_to_srgb, reinhard_global
-from .io import InputError, atomic_path, write_exr, write_video
+from .io import InputError, atomic_path, hevc_10bit_available, write_exr, write_hdr10_video, write_video
+
+log = logging.getLogger(__name__)
 
 FRAME_PATTERN = "frame_%05d.exr"
 
@@ -33,7 +37,7 @@ def preview_frames(hdr: np.ndarray) -> np.ndarray:
     return (linear_to_srgb(reinhard_global(hdr)) * 255.0 + 0.5).astype(np.uint8)
 
 
-def write_outputs(out: Path, hdr: torch.Tensor, fps: float, record: dict) -> None:
+def write_outputs(out: Path, hdr: torch.Tensor, fps: float, record: dict, hdr10: bool = False) -> None:
     """hdr (T, 3, H, W) linear float."""
     frames = hdr.clamp_min(0).permute(0, 2, 3, 1).numpy()
     for i, f in enumerate(tqdm(frames, desc="exr", leave=False)):
@@ -41,3 +45,9 @@ def write_outputs(out: Path, hdr: torch.Tensor, fps: float, record: dict) -> Non
     write_video(out / "preview.mp4", preview_frames(frames), fps=fps)
     with atomic_path(out / "settings.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=str))
+    if hdr10:
+        if not hevc_10bit_available():
+            log.warning("no HDR10 preview: this FFmpeg build (PyAV) has no 10-bit libx265")
+            return
+        cll, fall = write_hdr10_video(out / "preview_hdr10.mp4", frames, fps=fps)
+        log.info("preview_hdr10.mp4: MaxCLL %d, MaxFALL %d cd/m2", cll, fall)

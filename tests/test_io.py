@@ -84,3 +84,26 @@ def test_unreadable_video_error(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     with pytest.raises(InputError, match="bad.mp4"):
         read_video(tmp_path / "bad.mp4")
+
+
+def test_hdr10_preview_is_pq_bt2020_10bit_and_decodes_to_the_right_nits(tmp_path):
+    import av
+
+    from diffhdr.color_mapping import pq_decode
+    from diffhdr.io import hevc_10bit_available, write_hdr10_video
+
+    if not hevc_10bit_available():
+        pytest.skip("this FFmpeg build has no libx265")
+    levels = np.array([0.1, 1.0, 10.0])  # linear grey: 20.3, 203 and 2030 cd/m2
+    frames = np.repeat(np.repeat(levels, 32)[None, :, None, None], 3, axis=3) * np.ones((4, 96, 80, 3))
+    cll, fall = write_hdr10_video(tmp_path / "p.mp4", frames.astype(np.float32), fps=24)
+    assert cll == 2030 and fall == np.ceil(levels.mean() * 203)
+    with av.open(str(tmp_path / "p.mp4")) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.name, cc.width, cc.height) == ("hevc", 80, 96)
+        assert (cc.color_primaries, cc.color_trc, cc.colorspace, cc.color_range) == (9, 16, 9, 1)  # BT.2020, PQ, NCL, limited
+        frame = next(c.decode(video=0))
+        assert frame.format.name == "yuv420p10le"
+        y = frame.to_ndarray()[:96].astype(float)
+    nits = pq_decode((y[[16, 48, 80], 40] - 64) / 876)
+    assert np.allclose(nits, levels * 203, rtol=0.03), nits
