@@ -30,7 +30,8 @@ from diffhdr.model import DiffHDRModel, lora_inputs_stay_in_compute_dtype, torch
 from diffhdr.prompting import TextCache
 from diffhdr.runtime import use_fp8_training_linears
 from diffhdr.tiny import resolve_backbone
-from diffhdr.training import batch_loss, lr_lambda, preflight, step_generator, validation_loss, write_validation_sample
+from diffhdr.training import (batch_loss, fsdp_plugin, lr_lambda, preflight, step_generator, validation_loss,
+                              write_validation_sample)
 
 log = logging.getLogger("diffhdr.train")
 
@@ -58,8 +59,10 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config)
     t = cfg.training
-    acc = Accelerator(mixed_precision=t.mixed_precision, log_with="wandb" if cfg.use_wandb else None)
+    acc = Accelerator(mixed_precision=t.mixed_precision, log_with="wandb" if cfg.use_wandb else None,
+                      fsdp_plugin=fsdp_plugin(t.mixed_precision))
     set_seed(t.seed)
+    log.info("%d process(es), %s", acc.num_processes, acc.distributed_type.value)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = resolve_backbone(cfg.model.backbone)

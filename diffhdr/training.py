@@ -16,6 +16,23 @@ from .io import write_exr
 from .losses import add_noise, flow_matching_loss, reference_weight, sample_sigmas
 
 
+def fsdp_plugin(mixed_precision: str):
+    """FSDP2 as the accelerate launch config says (None when it asks for no FSDP), with one change:
+    block inputs are not cast to the compute dtype at each block's door. FSDP2 skips that cast
+    when checkpointing recomputes a block, so the recompute saw float32 rotary tables where the
+    forward had bf16 ones, and stopped; autocast does the casting instead. Gradients reduce in float32."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("true", "1"):
+        return None
+    from accelerate import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    return FullyShardedDataParallelPlugin(mixed_precision_policy=policy)
+
+
 def step_generator(seed: int, micro_step: int, rank: int, world: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + 17 + micro_step * world + rank)
 

@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -159,11 +160,14 @@ def test_two_process_cpu_run_trains_checkpoints_and_resumes(tmp_path, dataset_ro
     cfg = write_config(tmp_path / "c.yaml", data={"dataset_root": str(dataset_root)},
                        training={"num_steps": 4, "log_every": 1, "checkpoint_every": 2, "validate_every": 0},
                        output_dir=str(out))
-    launch = ["-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", "--config", cfg]
-    run_script(*launch, "--max_steps", 2, timeout=600)
+    # `accelerate launch --cpu` starts one process whatever --num_processes says; torchrun starts two
+    # and accelerate joins them (gloo) when told the run is on CPUs
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py", "--config", cfg]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "ACCELERATE_MIXED_PRECISION": "no"}
+    proc = run_script(*launch, "--max_steps", 2, timeout=600, env=env)
+    assert proc.stderr.count("2 process(es), MULTI_CPU") == 2  # one line per rank
     assert (out / "checkpoint-000002/step.txt").read_text().strip() == "2"
-    run_script(*launch, "--resume_from_checkpoint", "latest", timeout=600)
+    run_script(*launch, "--resume_from_checkpoint", "latest", timeout=600, env=env)
     assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4]
     assert (out / "checkpoint-final/adapter_model.safetensors").is_file()
 
