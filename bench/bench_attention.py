@@ -4,6 +4,8 @@
 
 Times forward and forward+backward of torch's scaled_dot_product_attention for the default
 choice and each backend forced, in TFLOP/s (4 S^2 D H per forward, 2.5x that for backward).
+`cudnn_bshd` gives cuDNN the (B, S, H, D) tensors permuted to (B, H, S, D) views, as diffusers'
+attention processors do; the others get contiguous (B, H, S, D). Best of 3 and mean of 10 runs.
 """
 
 from __future__ import annotations
@@ -19,21 +21,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 BACKENDS = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION}
+            "cudnn_bshd": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
 def main():
     device = "cuda"
     b, h, s, d = 1, 40, 32400, 128
-    q, k, v = (torch.randn(b, h, s, d, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     flop = 4 * s * s * d * h
     rows = []
     for name, backend in BACKENDS.items():
+        shape = (b, s, h, d) if name.endswith("bshd") else (b, h, s, d)
+        leaves = [torch.randn(shape, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
+        q, k, v = (x.transpose(1, 2) for x in leaves) if name.endswith("bshd") else leaves
         ctx = sdpa_kernel(backend) if backend is not None else contextlib.nullcontext()
         fwd, both = [], []
         try:
             with ctx:
-                for i in range(4):
+                for i in range(11):
                     with common.timed(device, fwd):
                         out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
                     with common.timed(device, both):
@@ -42,15 +46,18 @@ def main():
         except RuntimeError as e:
             rows.append({"backend": name, "error": str(e).splitlines()[0][:200]})
             continue
-        f, fb = min(fwd[1:]), min(both[1:])
+        f, fb, fm, fbm = min(fwd[1:]), min(both[1:]), sum(fwd[1:]) / 10, sum(both[1:]) / 10
         rows.append({"backend": name, "fwd_ms": 1e3 * f, "fwd_TFLOPs": flop / f / 1e12,
-                     "fwd_bwd_ms": 1e3 * fb, "fwd_bwd_TFLOPs": 3.5 * flop / fb / 1e12})
+                     "fwd_bwd_ms": 1e3 * fb, "fwd_bwd_TFLOPs": 3.5 * flop / fb / 1e12,
+                     "fwd_TFLOPs_mean": flop / fm / 1e12, "fwd_bwd_TFLOPs_mean": 3.5 * flop / fbm / 1e12})
+    q, k, v = (torch.randn(b, h, s, d, device=device, dtype=torch.bfloat16) for _ in range(3))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         torch.nn.functional.scaled_dot_product_attention(q, k, v)
         torch.cuda.synchronize()
     kernels = sorted({e.key for e in prof.key_averages() if "attn" in e.key.lower() or "fmha" in e.key.lower()
                       or "flash" in e.key.lower() or "cudnn" in e.key.lower()})
-    print(common.table(rows, ["backend", "fwd_ms", "fwd_TFLOPs", "fwd_bwd_ms", "fwd_bwd_TFLOPs"]))
+    print(common.table(rows, ["backend", "fwd_ms", "fwd_TFLOPs", "fwd_bwd_ms", "fwd_bwd_TFLOPs", "fwd_TFLOPs_mean",
+                              "fwd_bwd_TFLOPs_mean"]))
     print("default kernel(s):", kernels)
     payload = {"benchmark": "sdpa_backends", "environment": common.environment(device),
                "config": {"batch": b, "heads": h, "tokens": s, "head_dim": d, "dtype": "bfloat16"},
