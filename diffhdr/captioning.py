@@ -2,7 +2,8 @@
 
 Every Nth HDR frame is Reinhard tone-mapped (one scale for the sampled frames) to an 8-bit image,
 shown to the model with a structured prompt, and the answer is repaired into the caption format
-``[Overexposed: ...]; [Underexposed: ...]`` (prompting.repair_caption).
+``[Overexposed: ...]; [Underexposed: ...]`` (prompting.repair_caption). Optionally a one-sentence
+scene description too (scene.txt), which only the release's prompt mix uses (its text-to-video share).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ PROMPT = (
     "over-exposed (blown out) and which would be under-exposed (crushed). Answer exactly as\n"
     "[Overexposed: <bright areas, or none>]; [Underexposed: <dark areas, or none>]"
 )
+
+
+SCENE_PROMPT = "Describe the scene of these video frames in one sentence."
 
 
 def caption_images(seq_dir: Path, pattern: str, stride: int, max_side: int = 448) -> list:
@@ -57,10 +61,17 @@ class Captioner:
         self.device, self.max_new_tokens = device, max_new_tokens
 
     @torch.no_grad()
-    def __call__(self, images: list) -> str:
-        messages = [{"role": "user", "content": [*({"type": "image"} for _ in images), {"type": "text", "text": PROMPT}]}]
+    def answer(self, images: list, prompt: str) -> str:
+        messages = [{"role": "user", "content": [*({"type": "image"} for _ in images), {"type": "text", "text": prompt}]}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = self.processor(text=[text], images=images, return_tensors="pt").to(self.device)
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        answer = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
-        return repair_caption(answer)
+        return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+
+    def __call__(self, images: list) -> str:
+        """The exposure caption, in the structured format."""
+        return repair_caption(self.answer(images, PROMPT))
+
+    def scene(self, images: list) -> str:
+        """A one-line scene description."""
+        return " ".join(self.answer(images, SCENE_PROMPT).split()) or "a video"

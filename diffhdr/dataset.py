@@ -32,7 +32,7 @@ from .config import Config
 from .data_augmentation import draw_ev, grey_fill, synthesize_ldr
 from .io import InputError, read_hdr_image, read_json
 from .mask_detection import combine, detect_masks
-from .prompting import NULL_CAPTION, parse_caption, training_prompt
+from .prompting import NULL_CAPTION, is_hybrid, parse_caption, training_prompt
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,12 @@ def read_caption(seq_dir: Path) -> str:
     return cap.text()
 
 
+def read_scene(seq_dir: Path) -> str:
+    """The optional free-text scene caption (scene.txt), used by the release's prompt mix only."""
+    path = seq_dir / "scene.txt"
+    return " ".join(path.read_text().split()) if path.is_file() else ""
+
+
 def read_latent_config(root: Path) -> dict | None:
     path = root / LATENT_CONFIG
     return read_json(path) if path.is_file() else None
@@ -163,6 +169,7 @@ class Item:
     seed: int  # seeds the augmentation generator on the training device
     sequence: str
     start: int
+    hybrid: bool = False  # the release's text-to-video sample (prompting.is_hybrid)
 
 
 def collate(items: list[Item]) -> dict:
@@ -175,6 +182,7 @@ def collate(items: list[Item]) -> dict:
         "seed": [i.seed for i in items],
         "sequence": [i.sequence for i in items],
         "start": [i.start for i in items],
+        "hybrid": [i.hybrid for i in items],
     }
 
 
@@ -187,17 +195,26 @@ class Conditioned:
 
 
 def condition_batch(batch: dict, cfg: Config, device) -> Conditioned:
-    """HDR crops -> (Log-Gamma target, LDR condition, exposure mask), on `device`."""
+    """HDR crops -> (Log-Gamma target, LDR condition, exposure mask), on `device`.
+    A hybrid sample (the release's text-to-video share) gets a uniform grey control, an all-ones
+    mask and the target with the exposure shift undone (reference-facts section 3)."""
     gm = (cfg.color_mapping.gamma, cfg.color_mapping.M)
     targets, controls, masks, ldrs = [], [], [], []
-    for hdr, ev, seed in zip(batch["hdr"], batch["ev"], batch["seed"]):
+    hybrids = batch.get("hybrid") or [False] * len(batch["ev"])
+    for hdr, ev, seed, hybrid in zip(batch["hdr"], batch["ev"], batch["seed"], hybrids):
         g = torch.Generator(device=device).manual_seed(seed)
         sample = synthesize_ldr(hdr.to(device), g, cfg.augmentation, ev=ev)
         over, under = detect_masks(sample.ldr, cfg.masks, training=True)
         ldr = grey_fill(sample.ldr, over, under, g, cfg.augmentation, cfg.masks.use_under)
+        target = sample.hdr
+        mask = combine(over, under, cfg.masks.use_under)
+        if hybrid:
+            ldr = torch.full_like(ldr, cfg.augmentation.grey_value)
+            target = hdr.to(device).clamp(0.0, cfg.augmentation.radiance_clip)
+            mask = torch.ones_like(mask)
         controls.append(to_vae_range(log_gamma_encode(srgb_to_linear(ldr), *gm)).permute(1, 0, 2, 3))
-        targets.append(to_vae_range(log_gamma_encode(sample.hdr, *gm)).permute(1, 0, 2, 3))
-        masks.append(combine(over, under, cfg.masks.use_under))
+        targets.append(to_vae_range(log_gamma_encode(target, *gm)).permute(1, 0, 2, 3))
+        masks.append(mask)
         ldrs.append(sample.ldr)
     cached = batch["latent"] is not None
     return Conditioned(None if cached else torch.stack(targets), torch.stack(controls), torch.stack(masks),
@@ -232,7 +249,9 @@ class HDRVideoDataset(torch.utils.data.Dataset):
     def prompts(self) -> set[str]:
         """Every text an item of this split can carry (for the training text cache)."""
         captions = {read_caption(s) for s in self.seqs}
-        return captions | ({""} if self.cfg.training.prompt_mix == "reference" else set())
+        if self.cfg.training.prompt_mix == "reference":
+            captions |= {""} | {read_scene(s) for s in self.seqs}
+        return captions
 
     def sequence_for(self, draw: int) -> Path:
         n = len(self.seqs)
@@ -274,8 +293,9 @@ class HDRVideoDataset(torch.utils.data.Dataset):
         # A cached latent pins the target's exposure, so the LDR is made at EV 0 to match it.
         ev = 0 if cached else draw_ev(g, cfg.augmentation)
         seed = int(torch.randint(0, 2**62, (), generator=g))
-        prompt = training_prompt(read_caption(seq), float(torch.rand((), generator=g)), cfg.training.prompt_mix)
-        return Item(hdr, latent, prompt, ev, seed, seq.name, start)
+        u, mix = float(torch.rand((), generator=g)), cfg.training.prompt_mix
+        prompt = training_prompt(read_caption(seq), u, mix, read_scene(seq) if is_hybrid(u, mix) else "")
+        return Item(hdr, latent, prompt, ev, seed, seq.name, start, is_hybrid(u, mix))
 
 
 class DrawSampler(torch.utils.data.Sampler):

@@ -77,12 +77,23 @@ def cfa_prompts(cap: Caption) -> tuple[str, str, str]:
     return "", format_caption(cap.over, "none"), format_caption("none", cap.under)
 
 
-def training_prompt(caption: str, u: float, mix: str) -> str:
+HYBRID_SHARE = 0.125  # the release's text-to-video share of the "reference" prompt mix
+
+
+def is_hybrid(u: float, mix: str) -> bool:
+    """Whether a sample with draw u in [0, 1) is a "hybrid" text-to-video sample: under the release's
+    mix, u < 0.125 (grey control, all-ones mask, the scene caption, the target's exposure undone)."""
+    return mix == "reference" and u < HYBRID_SHARE
+
+
+def training_prompt(caption: str, u: float, mix: str, scene: str = "") -> str:
     """The text a training sample is conditioned on. "caption": always the caption (the spec).
-    "reference": the release's mix: 25% "" , 50% caption, 25% "" (its scene-caption T2V share,
-    12.5%, becomes "" here since our captions have no scene description)."""
+    "reference": the release's mix (reference-facts section 4): 12.5% the scene caption (hybrid
+    samples; "" for a sequence without scene.txt), 12.5% "", 50% the caption, 25% ""."""
     if mix == "caption":
         return caption
+    if is_hybrid(u, mix):
+        return scene
     return caption if 0.25 <= u < 0.75 else ""
 
 

@@ -2,7 +2,9 @@
 
     python scripts/generate_captions.py --dataset_root /path/to/dataset --device cuda --frame_stride 8
 
-Sequences that already have a caption.txt are skipped unless --overwrite.
+Sequences that already have a caption.txt are skipped unless --overwrite. With --scene, each
+sequence also gets scene.txt, a one-sentence scene description that only the release's prompt mix
+(`training.prompt_mix: reference`) uses.
 """
 
 from __future__ import annotations
@@ -29,19 +31,25 @@ def main(argv=None):
     p.add_argument("--frame_stride", type=int, default=8, help="sample every Nth frame per sequence")
     p.add_argument("--frame_pattern", default="frame_%05d.exr")
     p.add_argument("--max_new_tokens", type=int, default=96)
-    p.add_argument("--overwrite", action="store_true", help="regenerate existing caption.txt files")
+    p.add_argument("--overwrite", action="store_true", help="regenerate existing caption (and scene) files")
+    p.add_argument("--scene", action="store_true", help="also write scene.txt (for training.prompt_mix: reference)")
     a = p.parse_args(argv)
     seqs = list_sequences(a.dataset_root)
-    todo = [s for s in seqs if a.overwrite or not (s / "caption.txt").is_file()]
+    files = ["caption.txt"] + (["scene.txt"] if a.scene else [])
+    todo = {s: [f for f in files if a.overwrite or not (s / f).is_file()] for s in seqs}
+    todo = {s: fs for s, fs in todo.items() if fs}
     log.info("%d sequences, %d to caption", len(seqs), len(todo))
     if not todo:
         return
     captioner = Captioner(a.model, a.device, a.max_new_tokens)
-    for seq in tqdm(todo, desc="captions"):
-        caption = captioner(caption_images(Path(seq), a.frame_pattern, a.frame_stride))
-        with atomic_path(seq / "caption.txt") as tmp:
-            tmp.write_text(caption + "\n")
-        log.info("%s: %s", seq.name, caption)
+    write = {"caption.txt": captioner, "scene.txt": captioner.scene}
+    for seq, names in tqdm(todo.items(), desc="captions"):
+        images = caption_images(Path(seq), a.frame_pattern, a.frame_stride)
+        for name in names:
+            text = write[name](images)
+            with atomic_path(seq / name) as tmp:
+                tmp.write_text(text + "\n")
+            log.info("%s/%s: %s", seq.name, name, text)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,7 @@ def test_generate_captions_end_to_end(tmp_path, captioner):
     run_script(*args, "--overwrite")
     assert parse_caption((root / "sequence_002" / "caption.txt").read_text()) is not None
     assert (root / "sequence_002" / "caption.txt").read_text() != kept
+    caption = (root / "sequence_000" / "caption.txt").read_text()
+    run_script(*args, "--scene")  # captions exist: only the scene files are written
+    assert (root / "sequence_000" / "caption.txt").read_text() == caption
+    assert all(len((root / f"sequence_00{i}" / "scene.txt").read_text().strip().splitlines()) == 1 for i in range(3))

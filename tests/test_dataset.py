@@ -111,3 +111,34 @@ def test_missing_caption_falls_back(tmp_path, tiny_cfg, caplog):
     item = HDRVideoDataset(tiny_cfg, "train")[0]
     assert item.prompt == "[Overexposed: none]; [Underexposed: none]"
     assert "no caption.txt" in caplog.text
+
+
+def test_reference_prompt_mix_shares():
+    from diffhdr.prompting import training_prompt
+
+    mix = [training_prompt("cap", u, "reference", "a street at night") for u in (0.1, 0.2, 0.5, 0.8)]
+    assert mix == ["a street at night", "", "cap", ""]
+    assert training_prompt("cap", 0.1, "caption", "a street at night") == "cap"
+
+
+def test_hybrid_sample_has_grey_control_full_mask_and_unexposed_target(tiny_cfg, dataset_root):
+    """The release's text-to-video share: grey control, all-ones mask, exposure undone; scene.txt
+    joins the texts the training cache encodes."""
+    from diffhdr.color_mapping import log_gamma_encode, srgb_to_linear, to_vae_range
+
+    tiny_cfg.training.prompt_mix = "reference"
+    item = HDRVideoDataset(tiny_cfg, "train")[0]
+    item.ev, item.hybrid = 2, True
+    cond = condition_batch(collate([item]), tiny_cfg, "cpu")
+    gm = (tiny_cfg.color_mapping.gamma, tiny_cfg.color_mapping.M)
+    grey = to_vae_range(log_gamma_encode(srgb_to_linear(torch.tensor(0.5)), *gm))
+    assert torch.allclose(cond.control, grey.expand_as(cond.control))
+    assert bool((cond.mask == 1).all())
+    expected = to_vae_range(log_gamma_encode(item.hdr.clamp_min(0), *gm)).permute(1, 0, 2, 3)
+    assert torch.allclose(cond.target[0], expected, atol=1e-6)
+    seq = sorted(p for p in dataset_root.iterdir() if p.is_dir())[0]
+    (seq / "scene.txt").write_text("a sunny street\n")
+    try:
+        assert "a sunny street" in HDRVideoDataset(tiny_cfg, "train").prompts()
+    finally:
+        (seq / "scene.txt").unlink()
