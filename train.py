@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 from dataclasses import asdict
 from pathlib import Path
@@ -59,6 +60,9 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config)
     t = cfg.training
+    # Before the first CUDA allocation. At 720p the caching allocator otherwise strands ~11 GiB in
+    # fragments: FSDP2 ran out of memory without this and peaked at 69.4 GiB with it (one H100).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     acc = Accelerator(mixed_precision=t.mixed_precision, log_with="wandb" if cfg.use_wandb else None,
                       fsdp_plugin=fsdp_plugin(t.mixed_precision))
     set_seed(t.seed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def main():
     p.add_argument("--tag", default="")
     p.add_argument("--out")
     a = p.parse_args()
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # as train.py
     acc = Accelerator(mixed_precision="bf16" if not a.tiny else "no", fsdp_plugin=fsdp_plugin("bf16"))
     device = acc.device
     cfg, (frames, h, w), rank = (TINY_TRANSFORMER, (5, 32, 32), 4) if a.tiny else (REAL_TRANSFORMER, (33, 720, 1280), 32)
