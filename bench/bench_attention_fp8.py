@@ -6,8 +6,9 @@ graph API) against torch's SDPA on cuDNN in bf16, at DiffHDR's self-attention sh
     python bench/bench_attention_fp8.py
 
 Q, K, V are quantised per tensor (amax -> 448); the probabilities P are scaled by 448 inside the
-kernel. On Hopper cuDNN writes O only in fp8 (bf16 O needs Blackwell), so O is scaled by its amax
-and read back. Error: relative L2 of O against bf16 SDPA, random normal inputs (near-uniform
+kernel. On Hopper cuDNN writes O only in fp8 (bf16 O needs Blackwell), so O's scale must be known
+before the kernel runs: here it comes from the bf16 result's amax (an oracle); in a model it would
+be the amax the previous call returned (delayed scaling, as Transformer Engine does). Error: relative L2 of O against bf16 SDPA, random normal inputs (near-uniform
 attention over 32,400 keys, which puts P in e4m3's subnormal range: a hard case).
 """
 
