@@ -196,6 +196,10 @@ def test_context_parallel_matches_one_process(tmp_path, checkpoint):
     for name in ("frame_00000.exr", "frame_00019.exr"):
         a, b = read_exr(tmp_path / "one" / "exr" / name), read_exr(tmp_path / "cp" / "exr" / name)
         assert np.abs(a - b).max() <= 1e-3 * max(np.abs(a).max(), 1.0)
+    # 7 latent frames x 3 x 5 token rows and columns = 105 tokens: one line, before any denoising
+    bad = run_script("-m", "torch.distributed.run", "--nproc_per_node", 2, *args, "--output_dir", tmp_path / "odd",
+                     "--height", 48, check=False)
+    assert bad.returncode != 0 and "105 DiT tokens per window do not split evenly over 2 GPUs" in bad.stderr
 
 
 def test_cli_bad_inputs(tmp_path, checkpoint):
