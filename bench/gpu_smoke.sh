@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real CLIs on a GPU with the tiny model: bf16 training with cuDNN attention, selective
-# checkpointing and fp8 base GEMMs (LDR synthesis and masks on the GPU); the same through accelerate
+# checkpointing, fp8 base GEMMs and torch.compile (LDR synthesis and masks on the GPU); the same through accelerate
 # with FSDP2 (configs/accelerate/fsdp.yaml, one process: the sharded code paths, no communication),
 # stopped and resumed; then inference in each speed mode and each memory mode.
 # Usage: bash bench/gpu_smoke.sh OUTDIR
@@ -11,7 +11,7 @@ work=$(mktemp -d)
 export DIFFHDR_TINY_DIR=$work/tiny
 python3 -c "from diffhdr.synthetic import write_dataset; write_dataset('$work/data', sequences=3, frames=21, h=48, w=64)"
 cat > "$work/gpu.yaml" <<YAML
-model: {backbone: tiny, lora_rank: 4, lora_alpha: 4.0, gradient_checkpointing: true, fp8_base: true, dtype: bfloat16}
+model: {backbone: tiny, lora_rank: 4, lora_alpha: 4.0, gradient_checkpointing: true, fp8_base: true, compile: true, dtype: bfloat16}
 data: {dataset_root: $work/data, val_split: 1, sequence_frames: 21, num_workers: 2}
 training: {num_steps: 20, log_every: 5, checkpoint_every: 10, validate_every: 10, resolution: [5, 32, 32], mixed_precision: bf16, learning_rate: 1.0e-3}
 output_dir: $work/ckpt
