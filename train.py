@@ -27,7 +27,7 @@ from diffhdr.cli import run
 from diffhdr.config import load_config
 from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate
 from diffhdr.lora_io import adapter_state
-from diffhdr.model import DiffHDRModel, lora_inputs_stay_in_compute_dtype, torch_dtype
+from diffhdr.model import DiffHDRModel, compile_blocks, lora_inputs_stay_in_compute_dtype, torch_dtype
 from diffhdr.prompting import TextCache
 from diffhdr.runtime import use_fp8_training_linears
 from diffhdr.tiny import resolve_backbone
@@ -113,7 +113,7 @@ def main(argv=None):
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
     if cfg.model.compile and acc.device.type == "cuda":  # after sharding, block by block (as FSDP2 wants)
-        model.transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
+        compile_blocks(model.transformer)
 
     # ---- data: draw numbers are a pure function of the step, so resume continues the stream
     micro_per_step = t.gradient_accumulation

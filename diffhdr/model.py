@@ -108,6 +108,13 @@ def enable_gradient_checkpointing(transformer, blocks: str | int = "all", save_a
     transformer.enable_gradient_checkpointing(gradient_checkpointing_func=run)
 
 
+def compile_blocks(transformer) -> None:
+    """torch.compile each main and VACE block. diffusers' compile_repeated_blocks finds blocks by
+    class name, which FSDP2 changes (FSDPWanTransformerBlock), so training compiles them directly."""
+    for block in [*transformer.blocks, *getattr(transformer, "vace_blocks", [])]:
+        block.compile(fullgraph=False, dynamic=False)
+
+
 def lora_inputs_stay_in_compute_dtype(transformer) -> None:
     """For training under bf16 autocast with float32 LoRA weights. peft casts each LoRA input to
     the weights' float32, then autocast casts it straight back to bf16 for the matmul: two copies
