@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from diffhdr.config import ModelConfig  # noqa: E402
-from diffhdr.model import (discover_lora_targets, enable_gradient_checkpointing,  # noqa: E402
+from diffhdr.model import (compile_blocks, discover_lora_targets, enable_gradient_checkpointing,  # noqa: E402
                            lora_inputs_stay_in_compute_dtype)
 from diffhdr.runtime import use_fp8_training_linears  # noqa: E402
 from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
@@ -66,7 +66,7 @@ def build(recipe, cfg, rank, device):
     if "nocast" in recipe:
         lora_inputs_stay_in_compute_dtype(transformer)
     if "compiled" in recipe:
-        transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
+        compile_blocks(transformer)
     transformer.train()
     return transformer
 

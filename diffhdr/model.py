@@ -109,8 +109,9 @@ def enable_gradient_checkpointing(transformer, blocks: str | int = "all", save_a
 
 
 def compile_blocks(transformer) -> None:
-    """torch.compile each main and VACE block. diffusers' compile_repeated_blocks finds blocks by
-    class name, which FSDP2 changes (FSDPWanTransformerBlock), so training compiles them directly."""
+    """torch.compile each main and VACE block, as diffusers' compile_repeated_blocks does; that one
+    finds the blocks by class name, which FSDP2 changes (FSDPWanTransformerBlock), so training,
+    inference and the benchmarks all compile them through this."""
     for block in [*transformer.blocks, *getattr(transformer, "vace_blocks", [])]:
         block.compile(fullgraph=False, dynamic=False)
 

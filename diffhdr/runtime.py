@@ -20,6 +20,8 @@ import logging
 import torch
 import torch.nn as nn
 
+from .model import compile_blocks
+
 log = logging.getLogger(__name__)
 
 SPEED_MODES = ("naive", "default", "fast")
@@ -159,7 +161,7 @@ def apply_speed_mode(model, mode: str, device, memory: str = "full") -> None:
         n = use_fp8_linears(model.transformer)
         log.info("fp8 GEMMs in %d linears", n)
     if not hooked:
-        model.transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
+        compile_blocks(model.transformer)
 
 
 def pick_memory_mode(device) -> str:
