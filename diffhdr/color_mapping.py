@@ -139,11 +139,15 @@ def pq_decode(e):
     return PQ_MAX_NITS * (_clip(p - _PQ_C1, 0.0, None) / (_PQ_C2 - _PQ_C3 * p)) ** (1 / _PQ_M1)
 
 
-def hdr10_yuv(rgb709: np.ndarray, white_nits: float = HDR_REFERENCE_WHITE_NITS) -> tuple[np.ndarray, ...]:
-    """Linear Rec.709 (H, W, 3), H and W even -> 10-bit limited-range BT.2020 non-constant-luminance
-    Y'CbCr 4:2:0 planes (uint16): Y (H, W), Cb and Cr (H/2, W/2). Chroma is the 2x2 mean."""
-    rgb = np.clip(rgb709 @ REC709_TO_REC2020.T, 0.0, None) * white_nits
-    e = pq_encode(rgb)  # R'G'B'
+def rec2020_nits(rgb709, white_nits: float = HDR_REFERENCE_WHITE_NITS):
+    """Linear Rec.709 RGB (..., 3) -> BT.2020 RGB in cd/m2 (>= 0), linear 1.0 at `white_nits`."""
+    return np.clip(rgb709 @ REC709_TO_REC2020.T, 0.0, None) * white_nits
+
+
+def hdr10_yuv(nits: np.ndarray) -> tuple[np.ndarray, ...]:
+    """BT.2020 RGB in cd/m2 (H, W, 3), H and W even -> 10-bit limited-range BT.2020 non-constant-
+    luminance Y'CbCr 4:2:0 planes (uint16): Y (H, W), Cb and Cr (H/2, W/2). Chroma is the 2x2 mean."""
+    e = pq_encode(nits)  # R'G'B'
     y = REC2020_KR * e[..., 0] + (1 - REC2020_KR - REC2020_KB) * e[..., 1] + REC2020_KB * e[..., 2]
     cb = (e[..., 2] - y) / (2 * (1 - REC2020_KB))
     cr = (e[..., 0] - y) / (2 * (1 - REC2020_KR))
@@ -153,7 +157,7 @@ def hdr10_yuv(rgb709: np.ndarray, white_nits: float = HDR_REFERENCE_WHITE_NITS) 
     return q(64 + 876 * y), q(512 + 896 * sub(cb)), q(512 + 896 * sub(cr))
 
 
-def hdr10_light_levels(rgb709: np.ndarray, white_nits: float = HDR_REFERENCE_WHITE_NITS) -> tuple[int, int]:
-    """CTA-861.3 MaxCLL and MaxFALL (cd/m2) of linear Rec.709 frames (T, H, W, 3)."""
-    peak = np.clip(np.clip(rgb709 @ REC709_TO_REC2020.T, 0.0, None).max(axis=-1) * white_nits, 0, PQ_MAX_NITS)
+def hdr10_light_levels(nits: np.ndarray) -> tuple[int, int]:
+    """CTA-861.3 MaxCLL and MaxFALL (cd/m2) of BT.2020 frames in cd/m2 (T, H, W, 3)."""
+    peak = np.clip(nits.max(axis=-1), 0, PQ_MAX_NITS)
     return int(np.ceil(peak.max())), int(np.ceil(peak.reshape(len(peak), -1).mean(axis=1).max()))

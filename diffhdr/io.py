@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .color_mapping import HDR_REFERENCE_WHITE_NITS, REC709_CHROMATICITIES, hdr10_light_levels, hdr10_yuv
+from .color_mapping import (HDR_REFERENCE_WHITE_NITS, REC709_CHROMATICITIES, hdr10_light_levels, hdr10_yuv,
+                            rec2020_nits)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 HDR_EXTS = (".exr", ".hdr", ".pic")
@@ -307,7 +308,8 @@ def write_hdr10_video(path: str | Path, frames: np.ndarray, fps: float = 24.0, c
     ph, pw = max(h + h % 2, 64) - h, max(w + w % 2, 64) - w
     if ph or pw:
         frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-    cll, fall = hdr10_light_levels(frames, white_nits)
+    nits = rec2020_nits(frames, white_nits)  # once: the light levels and every frame's planes use it
+    cll, fall = hdr10_light_levels(nits)
     params = (f"colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc:range=limited:hdr10=1:repeat-headers=1:"
               f"max-cll={cll},{fall}:master-display={_MASTER_DISPLAY}:log-level=error")
     with atomic_path(path) as tmp:
@@ -316,8 +318,8 @@ def write_hdr10_video(path: str | Path, frames: np.ndarray, fps: float = 24.0, c
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p10le"
             stream.options = {"crf": str(crf), "x265-params": params, "tag": "hvc1"}
-            for f in frames:
-                planes = np.concatenate([p.ravel() for p in hdr10_yuv(f, white_nits)])
+            for f in nits:
+                planes = np.concatenate([p.ravel() for p in hdr10_yuv(f)])
                 frame = av.VideoFrame.from_ndarray(planes.reshape(-1, frames.shape[2]), format="yuv420p10le")
                 container.mux(stream.encode(frame))
             container.mux(stream.encode())
