@@ -200,8 +200,7 @@ def condition_batch(batch: dict, cfg: Config, device) -> Conditioned:
     mask and the target with the exposure shift undone (reference-facts section 3)."""
     gm = (cfg.color_mapping.gamma, cfg.color_mapping.M)
     targets, controls, masks, ldrs = [], [], [], []
-    hybrids = batch.get("hybrid") or [False] * len(batch["ev"])
-    for hdr, ev, seed, hybrid in zip(batch["hdr"], batch["ev"], batch["seed"], hybrids):
+    for hdr, ev, seed, hybrid in zip(batch["hdr"], batch["ev"], batch["seed"], batch["hybrid"]):
         g = torch.Generator(device=device).manual_seed(seed)
         sample = synthesize_ldr(hdr.to(device), g, cfg.augmentation, ev=ev)
         over, under = detect_masks(sample.ldr, cfg.masks, training=True)
@@ -294,8 +293,9 @@ class HDRVideoDataset(torch.utils.data.Dataset):
         ev = 0 if cached else draw_ev(g, cfg.augmentation)
         seed = int(torch.randint(0, 2**62, (), generator=g))
         u, mix = float(torch.rand((), generator=g)), cfg.training.prompt_mix
-        prompt = training_prompt(read_caption(seq), u, mix, read_scene(seq) if is_hybrid(u, mix) else "")
-        return Item(hdr, latent, prompt, ev, seed, seq.name, start, is_hybrid(u, mix))
+        hybrid = is_hybrid(u, mix)
+        prompt = training_prompt(read_caption(seq), u, mix, read_scene(seq) if hybrid else "")
+        return Item(hdr, latent, prompt, ev, seed, seq.name, start, hybrid)
 
 
 class DrawSampler(torch.utils.data.Sampler):
