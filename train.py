@@ -24,7 +24,8 @@ from diffhdr.attention import assert_no_cfa
 from diffhdr.checkpoint import (checkpoint_name, latest_checkpoint, load_for_resume, load_optimizer_state,
                                optimizer_state, save_checkpoint)
 from diffhdr.cli import run
-from diffhdr.config import load_config
+from diffhdr import fp8_attention
+from diffhdr.config import ConfigError, load_config
 from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate
 from diffhdr.lora_io import adapter_state
 from diffhdr.model import DiffHDRModel, compile_blocks, lora_inputs_stay_in_compute_dtype, torch_dtype
@@ -88,6 +89,12 @@ def main(argv=None):
         model.transformer.set_attention_backend(cfg.model.attention_backend)
     if cfg.model.fp8_base:
         log.info("fp8 GEMMs in %d frozen linears", use_fp8_training_linears(model.transformer))
+    if cfg.model.fp8_attention:
+        if acc.device.type == "cuda" and not fp8_attention.available(acc.device):
+            raise ConfigError(f"{args.config}: model.fp8_attention needs a Hopper (sm90+) GPU and "
+                             "`pip install nvidia-cudnn-frontend`")
+        log.info("fp8 attention in %d self-attention layers%s", fp8_attention.use_fp8_attention(model.transformer),
+                 "" if acc.device.type == "cuda" else " (CPU: an emulation, for tests)")
     model.vae.to(acc.device)
     color = {"gamma": cfg.color_mapping.gamma, "M": cfg.color_mapping.M, "base_model": str(base),
              "lora_branch": cfg.model.lora_branch, "profile": cfg.profile}

@@ -10,7 +10,8 @@ Modes (guidance 7.5, flow-match Euler, the same noise, VACE context and text for
   default_nocfa  `--speed default`: cuDNN attention + torch.compile, CFA off
   default        default_nocfa + CFA: what users run (`--speed default --memory full`)
   fp8            default + fp8 GEMMs
-  fast           fp8 + guidance on the first 30% of the steps, its unconditional forward on every
+  fp8attn        fp8 + fp8 self-attention (diffhdr.fp8_attention): `--speed fast`'s forward
+  fast           fp8attn + guidance on the first 30% of the steps, its unconditional forward on every
                  3rd of them (`--speed fast`: diffhdr.pipeline.FAST_GUIDANCE); its time per step is
                  the average over a whole run of --steps steps
   low            fp8 weight storage cast per layer, no compile: `--memory low` on GPUs without fp8
@@ -38,12 +39,12 @@ import common  # noqa: E402
 from diffhdr.model import DiffHDRModel  # noqa: E402
 from diffhdr.pipeline import (FAST_GUIDANCE, InferenceSettings, denoise, guidance_plan, make_scheduler,  # noqa: E402
                              set_timesteps)
-from diffhdr.runtime import apply_speed_mode  # noqa: E402
+from diffhdr.runtime import apply_speed_mode, use_fp8_linears  # noqa: E402
 from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
 
-MODES = ("naive", "batched", "default_nocfa", "default", "fp8", "fast", "low")
+MODES = ("naive", "batched", "default_nocfa", "default", "fp8", "fp8attn", "fast", "low")
 REFERENCE = {"batched": "naive", "default_nocfa": "naive", "default": "default_nocfa", "fp8": "default",
-             "fast": "default", "low": "default"}
+             "fp8attn": "default", "fast": "default", "low": "default"}
 
 
 def inputs(cfg, frames, h, w, device):
@@ -76,8 +77,10 @@ def run_mode(mode, cfg, inp, steps, device):
     model = DiffHDRModel(transformer, None, None, None, base_model="random")
     if mode == "low":
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
-    elif mode in ("default_nocfa", "default", "fp8", "fast"):
-        apply_speed_mode(model, "fast" if mode in ("fp8", "fast") else "default", device)
+    elif mode in ("default_nocfa", "default", "fp8", "fp8attn", "fast"):
+        apply_speed_mode(model, "fast" if mode in ("fp8attn", "fast") else "default", device)
+        if mode == "fp8":  # fast's GEMMs without its attention; swapped before the first (compiling) call
+            use_fp8_linears(transformer)
     settings = InferenceSettings(num_inference_steps=steps, guidance_scale=7.5, scheduler="euler",
                                  batch_cfg=mode == "batched", cfa=mode not in ("naive", "batched", "default_nocfa"),
                                  **(FAST_GUIDANCE if mode == "fast" else {}))

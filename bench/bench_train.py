@@ -12,7 +12,9 @@ Recipes, all with LoRA r=32 on the main blocks (peft), bf16 weights, the same ra
   ours_fp8_compiled  ours_compiled + fp8 (e4m3, row-wise scaled) GEMMs for the frozen base
                      linears, forward and dx
   ours_fp8_compiled_nocast  + LoRA inputs left in bf16 (peft casts each to the float32 of the
-                     LoRA weights, autocast casts it back): what train.py runs
+                     LoRA weights, autocast casts it back): what train.py runs with fp8_base
+  ours_fp8attn_compiled_nocast  + fp8 self-attention, forward and backward (cuDNN through
+                     diffhdr.fp8_attention; `model.fp8_attention`)
 The VAE and text encoder are not timed (precomputed latents; the same cost for every recipe).
 """
 
@@ -28,13 +30,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from diffhdr import fp8_attention  # noqa: E402
 from diffhdr.config import ModelConfig  # noqa: E402
 from diffhdr.model import (compile_blocks, discover_lora_targets, enable_gradient_checkpointing,  # noqa: E402
                            lora_inputs_stay_in_compute_dtype)
 from diffhdr.runtime import use_fp8_training_linears  # noqa: E402
 from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
 
-RECIPES = ("naive", "ours", "ours_compiled", "ours_fp8_compiled", "ours_fp8_compiled_nocast")
+RECIPES = ("naive", "ours", "ours_compiled", "ours_fp8_compiled", "ours_fp8_compiled_nocast",
+           "ours_fp8attn_compiled_nocast")
 
 
 def make_inputs(cfg, frames, h, w, device):
@@ -63,6 +67,8 @@ def build(recipe, cfg, rank, device):
         transformer.set_attention_backend("_native_cudnn")
     if "fp8" in recipe:
         use_fp8_training_linears(transformer)
+    if "fp8attn" in recipe:
+        fp8_attention.use_fp8_attention(transformer)
     if "nocast" in recipe:
         lora_inputs_stay_in_compute_dtype(transformer)
     if "compiled" in recipe:

@@ -37,6 +37,7 @@ class ModelConfig:
     checkpoint_save_attention: int = -1
     attention_backend: str = "_native_cudnn"  # on CUDA; any diffusers backend name, or "native"
     fp8_base: bool = False  # fp8 GEMMs for the frozen base linears (see bench/results)
+    fp8_attention: bool = False  # cuDNN fp8 self-attention, forward and backward (Hopper; diffhdr.fp8_attention)
     compile: bool = False  # torch.compile the repeated blocks (CUDA; a minute or two of warm-up)
     dtype: str = "bfloat16"  # DiT weights; the VAE is always float32
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
+from . import fp8_attention  # noqa: F401  (registers diffhdr::fp8_sdpa_fwd, named by the policy below)
 from .config import ModelConfig
 from .io import InputError
 from .mask_detection import mask_to_latent
@@ -69,10 +70,13 @@ SELF_ATTENTION_MIN_KEYS = 1024  # more keys than the 512 text tokens: self-atten
 
 
 def _save_self_attention_policy(ctx, op, *args, **kwargs):
-    """Keep SDPA results whose keys are long (self-attention over the video tokens); cross-attention
-    over the text is cheap to recompute."""
+    """Keep SDPA results whose keys are long (self-attention over the video tokens), and fp8
+    self-attention's (O in fp8 and the softmax statistics); cross-attention over the text is cheap
+    to recompute."""
     from torch.utils.checkpoint import CheckpointPolicy
 
+    if op is torch.ops.diffhdr.fp8_sdpa_fwd.default:
+        return CheckpointPolicy.MUST_SAVE
     if op in _SDPA_OPS and args[1].shape[-2] > SELF_ATTENTION_MIN_KEYS:
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE

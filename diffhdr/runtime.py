@@ -4,7 +4,8 @@ the default; the lossy ones are opt-in and measured in bench/bench_infer.py.
 
 speed   naive    diffusers as installed (the baseline the benchmarks compare against)
         default  cuDNN attention + torch.compile of the repeated blocks (about 30 s of warm-up)
-        fast     default + fp8 (e4m3, row-wise scaled) GEMMs for the DiT's linears
+        fast     default + fp8 (e4m3, row-wise scaled) GEMMs for the DiT's linears and, on Hopper
+                 with nvidia-cudnn-frontend, fp8 self-attention (diffhdr.fp8_attention)
 memory  full     everything resident (about 38 GB for the 14B model at 720p)
         low      fp8 weights for the block linears, quantised layer by layer on the GPU, and fp8
                  GEMMs (Ada/Hopper; 21.7 GiB peak measured on an H100), else fp8 weight storage
@@ -20,6 +21,7 @@ import logging
 import torch
 import torch.nn as nn
 
+from . import fp8_attention
 from .model import compile_blocks
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,10 @@ def apply_speed_mode(model, mode: str, device, memory: str = "full") -> None:
     if mode == "fast" and not hooked:
         n = use_fp8_linears(model.transformer)
         log.info("fp8 GEMMs in %d linears", n)
+    # fp8 attention computes whole sequences: not under context parallelism, whose shards it would miss
+    sharded = getattr(model.transformer, "_parallel_config", None) is not None
+    if mode == "fast" and fp8_attention.available(device) and not sharded:
+        log.info("fp8 attention in %d self-attention layers", fp8_attention.use_fp8_attention(model.transformer))
     if not hooked:
         compile_blocks(model.transformer)
 

@@ -3,13 +3,14 @@ from torch.utils.checkpoint import CheckpointPolicy
 
 import diffhdr.model as model_mod
 from diffhdr.config import ModelConfig
+from diffhdr.fp8_attention import use_fp8_attention
 from diffhdr.model import DiffHDRModel, enable_gradient_checkpointing
 from diffhdr.tiny import resolve_backbone
 
 POLICY = model_mod._save_self_attention_policy
 
 
-def forward_backward(save_attention, monkeypatch):
+def forward_backward(save_attention, monkeypatch, fp8=False):
     """Forward + backward of the tiny model; which attention results did the policy keep?"""
     monkeypatch.setattr(model_mod, "SELF_ATTENTION_MIN_KEYS", 16)  # tiny: 128 video tokens, 8 text
     kept = []
@@ -17,7 +18,7 @@ def forward_backward(save_attention, monkeypatch):
     def counting(ctx, op, *args, **kwargs):
         decision = POLICY(ctx, op, *args, **kwargs)
         if decision == CheckpointPolicy.MUST_SAVE and not ctx.is_recompute:
-            kept.append(args[1].shape[-2])
+            kept.append(args[1].shape[-2] if op in model_mod._SDPA_OPS else op)
         return decision
 
     monkeypatch.setattr(model_mod, "_save_self_attention_policy", counting)
@@ -25,6 +26,8 @@ def forward_backward(save_attention, monkeypatch):
     torch.manual_seed(0)  # the same LoRA initialisation every call
     m.add_lora(ModelConfig(lora_rank=4, lora_alpha=4.0))
     enable_gradient_checkpointing(m.transformer, save_attention=save_attention)
+    if fp8:
+        use_fp8_attention(m.transformer)
     m.transformer.train()
     g = torch.Generator().manual_seed(0)
     out = m.transformer(hidden_states=torch.randn(1, 16, 2, 16, 16, generator=g), timestep=torch.tensor([300.0]),
@@ -40,6 +43,16 @@ def test_selective_checkpointing_keeps_self_attention_only(monkeypatch):
     kept_two, g_two = forward_backward(2, monkeypatch)
     assert kept_none == [] and kept_all == [128] * 4 and kept_two == [128] * 2  # 4 main blocks, video keys
     assert torch.allclose(g_none, g_all, atol=1e-7) and torch.allclose(g_none, g_two, atol=1e-7)
+
+
+def test_selective_checkpointing_keeps_fp8_attention(monkeypatch):
+    """fp8 self-attention (the CPU emulation of the cuDNN op): its outputs are kept in every block,
+    so backward never re-runs it, and the LoRA gradients stay close to exact attention's."""
+    kept, g_fp8 = forward_backward(-1, monkeypatch, fp8=True)
+    _, g_exact = forward_backward(-1, monkeypatch)
+    assert kept == [torch.ops.diffhdr.fp8_sdpa_fwd.default] * 4
+    assert torch.isfinite(g_fp8).all()
+    assert torch.nn.functional.cosine_similarity(g_fp8, g_exact, dim=0) > 0.98  # 0.989 measured
 
 
 def test_lora_inputs_without_peft_cast_give_identical_training_step():

@@ -1,0 +1,93 @@
+"""How far each inference speed-up moves one DiT forward, against float32: the noise floor that the
+benchmarks' error figures should be read against.
+
+    python bench/bench_accuracy.py              # GPU: random weights of the real 14B shapes, 33x720x1280
+    python bench/bench_accuracy.py --tiny       # CPU smoke run of the same code
+
+One conditional forward (no CFG) at t = 500 with the inputs of bench_infer.py. The reference is the
+same bf16-rounded weights run in float32 (SDPA's memory-efficient kernel; TF32 off). Variants, in
+this order on the one model:
+  naive_bf16       diffusers as installed, bf16 (the naive recipe's numerics)
+  cudnn_bf16       + the cuDNN SDPA kernel (the default mode's kernel; its compile is not included)
+  fp8_attention    + fp8 self-attention (diffhdr.fp8_attention)
+  fp8_gemm         cuDNN bf16 attention, fp8 GEMMs in the block linears
+  fp8_gemm_attn    both (the fast mode's per-forward numerics)
+Each row: relative L2 error of the predicted velocity against float32 and against naive_bf16.
+With random weights these describe this network, not a trained one; what carries over is the
+comparison with naive_bf16's own distance from float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from diffhdr import fp8_attention  # noqa: E402
+from diffhdr.runtime import use_fp8_linears  # noqa: E402
+from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
+
+
+def rel(a, b) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--out")
+    a = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
+    cfg, (frames, h, w) = (TINY_TRANSFORMER, (9, 32, 32)) if a.tiny else (REAL_TRANSFORMER, (33, 720, 1280))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    g = torch.Generator().manual_seed(0)
+    lat = (frames - 1) // 4 + 1, h // 8, w // 8
+    x = torch.randn(1, 16, *lat, generator=g).to(device)
+    ctx = torch.randn(1, 96, *lat, generator=g).to(device)
+    text = torch.randn(1, 512, cfg["text_dim"], generator=g).to(device)
+    t = torch.tensor([500.0], device=device)
+
+    transformer = common.build_transformer(cfg, device)
+
+    @torch.no_grad()
+    def forward(dtype):
+        return transformer(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=text.to(dtype),
+                           control_hidden_states=ctx.to(dtype), return_dict=False)[0].float()
+
+    transformer.float()
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.EFFICIENT_ATTENTION
+                                        if device == "cuda" else torch.nn.attention.SDPBackend.MATH):
+        ref = forward(torch.float32)
+    transformer.to(torch.bfloat16)  # the same weights: they were bf16 to begin with
+    out = {"naive_bf16": forward(torch.bfloat16)}
+    if device == "cuda":
+        transformer.set_attention_backend("_native_cudnn")
+    out["cudnn_bf16"] = forward(torch.bfloat16)
+    processors = {name: m.processor for name, m in transformer.named_modules() if name.endswith(".attn1")}
+    fp8_attention.use_fp8_attention(transformer)
+    out["fp8_attention"] = forward(torch.bfloat16)
+    for name, m in transformer.named_modules():
+        if name in processors:
+            m.set_processor(processors[name])
+    use_fp8_linears(transformer)
+    out["fp8_gemm"] = forward(torch.bfloat16)
+    fp8_attention.use_fp8_attention(transformer)
+    out["fp8_gemm_attn"] = forward(torch.bfloat16)
+
+    rows = [{"variant": k, "rel_err_vs_fp32": rel(v, ref), "rel_err_vs_naive_bf16": rel(v, out["naive_bf16"]),
+             "finite": bool(torch.isfinite(v).all())} for k, v in out.items()]
+    print(common.table(rows, list(rows[0])))
+    payload = {"benchmark": "forward_accuracy_vs_fp32", "environment": common.environment(device),
+               "config": {"frames": frames, "height": h, "width": w, "timestep": 500, "tiny": a.tiny,
+                          "transformer": dict(cfg)},
+               "results": rows}
+    print("wrote", common.write_json("accuracy_tiny" if a.tiny else "accuracy", payload, a.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""FP8 self-attention for Hopper: cuDNN's fused fp8 flash attention, forward and backward, through the
+cuDNN frontend's Python graph API (`pip install nvidia-cudnn-frontend`), as a torch op.
+
+Attention is about half of DiffHDR's FLOPs (40 heads x 32,400 video tokens x 128 at 720p), and on an
+H100 cuDNN's fp8 forward runs at 862 TFLOP/s against 589 in bf16 (bench/bench_attention_fp8.py).
+It is lossy (e4m3 keeps 3 mantissa bits), so it is opt-in: `--speed fast` at inference,
+`model.fp8_attention` in training. Only the self-attention over the video uses it; cross-attention
+over the 512 text tokens is cheap and stays bf16, CFA's three branches with it.
+
+Scaling, one scale per tensor, e4m3 (largest finite value 448):
+  Q, K, V, dO     current: each tensor's own amax maps to 448 (nothing to go stale)
+  P               fixed: P is in [0, 1] and is scaled by 448 inside the kernel
+  O               448 / amax(V). Every row of O is a convex combination of rows of V, so |O| <= amax(V):
+                  O cannot overflow and needs no history. (On Hopper cuDNN writes O only in fp8, so
+                  its scale has to be known before the kernel runs.)
+  dQ, dK, dV, dP  delayed: fp8 outputs too, with no useful bound, so their scales come from the amax
+                  earlier backwards returned: one running maximum per kind and shape, shared by all
+                  layers, decaying by DECAY a call, with a MARGIN of headroom. The first backward of
+                  a shape runs twice, the first time only to measure. (cuDNN saturates what overflows.)
+The backward keeps O (fp8) and the softmax statistics; Q, K and V are quantised again from the
+recomputed bf16 tensors, which gives the bytes the forward used (current scaling is deterministic).
+
+On CPU the same ops run an emulation (the same quantisation, attention in float32), which is what
+CI tests the autograd, checkpoint and compile plumbing with; the cuDNN kernels need the GPU
+(bench/bench_attention_fp8.py checks them against bf16 SDPA).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+MARGIN = 2.0  # dQ/dK/dV/dP may grow 2x over the running maximum before they saturate
+DECAY = 0.99  # per backward call: the running maximum forgets a spike within a few hundred calls
+
+# Running amax of (dQ, dK, dV, dP) per (shape, device): one float32 (4,) tensor on the device.
+_GRAD_AMAX: dict[tuple, torch.Tensor] = {}
+
+
+def available(device) -> bool:
+    """cuDNN fp8 attention: a Hopper (or newer) GPU and the cuDNN frontend installed."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
+        return False
+    try:
+        import cudnn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _quantize(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x -> (e4m3 values, descale (1, 1, 1, 1) float32) with amax mapped to FP8_MAX; saturating."""
+    scale = FP8_MAX / amax.float().clamp(min=1e-12)
+    x8 = (x.float() * scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return x8, (1.0 / scale).reshape(1, 1, 1, 1)
+
+
+def _quantize_current(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _quantize(x, x.abs().amax())
+
+
+def _quantize_qkv(q, k, v) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    k = k.float() - k.float().mean(dim=1, keepdim=True)  # (B, S, H, D): the mean over the tokens
+    quantised = [_quantize_current(x) for x in (q, k, v)]
+    return [x8 for x8, _ in quantised], [d for _, d in quantised]
+
+
+def _dequantize(x8: torch.Tensor, descale: torch.Tensor, dtype) -> torch.Tensor:
+    return (x8.float() * descale.reshape(())).to(dtype)
+
+
+def _bhsd(x: torch.Tensor) -> torch.Tensor:
+    """(B, S, H, D) storage seen as the (B, H, S, D) cuDNN expects, without a copy."""
+    return x.transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# cuDNN graphs, built once per shape and device
+
+
+@functools.cache
+def _handle(device_index: int):
+    import cudnn
+
+    with torch.cuda.device(device_index):
+        return cudnn.create_handle()
+
+
+def _graph_tensors(g, names_like: dict, fp8_type, scalars: tuple[str, ...]):
+    import cudnn
+
+    t = {name: g.tensor(name=name, dim=list(x.shape), stride=list(x.stride()),
+                        data_type=fp8_type if x.dtype == FP8 else cudnn.data_type.FLOAT)
+         for name, x in names_like.items()}
+    for name in scalars:
+        t[name] = g.tensor(name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=cudnn.data_type.FLOAT)
+    return t
+
+
+def _set_outputs(outputs: dict, like: dict, fp8_type) -> None:
+    import cudnn
+
+    for name, node in outputs.items():
+        x = like[name]
+        node.set_output(True).set_dim(list(x.shape)).set_stride(list(x.stride())).set_data_type(
+            fp8_type if x.dtype == FP8 else cudnn.data_type.FLOAT)
+
+
+def _finish(g):
+    import cudnn
+
+    g.validate()
+    g.build_operation_graph()
+    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    g.check_support()
+    g.build_plans()
+    return g
+
+
+_FWD_SCALARS = ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
+_BWD_SCALARS = ("descale_q", "descale_k", "descale_v", "descale_o", "descale_dO", "descale_s", "descale_dP",
+                "scale_s", "scale_dQ", "scale_dK", "scale_dV", "scale_dP")
+
+
+@functools.cache
+def _forward_graph(key, training: bool):
+    """key: (shape, stride, device index) of Q, K, V, O in (B, H, S, D) view."""
+    import cudnn
+
+    shape, stride, index = key
+    like = {n: torch.empty_strided(shape, stride, dtype=FP8, device="meta") for n in ("q", "k", "v", "o")}
+    like |= {"stats": torch.empty(shape[0], shape[1], shape[2], 1, device="meta"),
+             "amax_s": torch.empty(1, 1, 1, 1, device="meta"), "amax_o": torch.empty(1, 1, 1, 1, device="meta")}
+    g = cudnn.pygraph(io_data_type=cudnn.data_type.BFLOAT16, intermediate_data_type=cudnn.data_type.FLOAT,
+                      compute_data_type=cudnn.data_type.FLOAT, handle=_handle(index))
+    t = _graph_tensors(g, {n: like[n] for n in ("q", "k", "v")}, cudnn.data_type.FP8_E4M3, _FWD_SCALARS)
+    o, stats, amax_s, amax_o = g.sdpa_fp8(
+        q=t["q"], k=t["k"], v=t["v"], descale_q=t["descale_q"], descale_k=t["descale_k"],
+        descale_v=t["descale_v"], descale_s=t["descale_s"], scale_s=t["scale_s"], scale_o=t["scale_o"],
+        generate_stats=training, attn_scale=shape[-1] ** -0.5, use_causal_mask=False, name="sdpa_fp8")
+    outs = {"o": o, "amax_s": amax_s, "amax_o": amax_o} | ({"stats": stats} if training else {})
+    _set_outputs(outs, like, cudnn.data_type.FP8_E4M3)
+    return _finish(g), t | outs
+
+
+@functools.cache
+def _backward_graph(key):
+    import cudnn
+
+    shape, stride, index = key
+    like = {n: torch.empty_strided(shape, stride, dtype=FP8, device="meta")
+            for n in ("q", "k", "v", "o", "dO", "dQ", "dK", "dV")}
+    like["stats"] = torch.empty(shape[0], shape[1], shape[2], 1, device="meta")
+    like |= {n: torch.empty(1, 1, 1, 1, device="meta") for n in ("amax_dQ", "amax_dK", "amax_dV", "amax_dP")}
+    g = cudnn.pygraph(io_data_type=cudnn.data_type.FP8_E4M3, intermediate_data_type=cudnn.data_type.FLOAT,
+                      compute_data_type=cudnn.data_type.FLOAT, handle=_handle(index))
+    t = _graph_tensors(g, {n: like[n] for n in ("q", "k", "v", "o", "dO", "stats")}, cudnn.data_type.FP8_E4M3,
+                       _BWD_SCALARS)
+    outs = dict(zip(("dQ", "dK", "dV", "amax_dQ", "amax_dK", "amax_dV", "amax_dP"), g.sdpa_fp8_backward(
+        q=t["q"], k=t["k"], v=t["v"], o=t["o"], dO=t["dO"], stats=t["stats"],
+        **{n: t[n] for n in _BWD_SCALARS}, attn_scale=shape[-1] ** -0.5, use_causal_mask=False,
+        name="sdpa_fp8_backward")))
+    _set_outputs(outs, like, cudnn.data_type.FP8_E4M3)
+    return _finish(g), t | outs
+
+
+def _run(graph_and_tensors, values: dict, device: torch.device) -> None:
+    import cudnn
+
+    graph, nodes = graph_and_tensors
+    handle = _handle(device.index)
+    cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream(device).cuda_stream)
+    workspace = torch.empty(graph.get_workspace_size(), device=device, dtype=torch.uint8)
+    graph.execute({nodes[n]: x for n, x in values.items()}, workspace, handle=handle)
+
+
+def _key(x: torch.Tensor):
+    v = _bhsd(x)
+    return tuple(v.shape), tuple(v.stride()), x.device.index
+
+
+def _scalar(x: float, device) -> torch.Tensor:
+    return torch.full((1, 1, 1, 1), x, device=device, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# forward and backward on the GPU (cuDNN) and the CPU (emulation)
+
+
+def _forward_cudnn(q8, k8, v8, descales, descale_o, training):
+    dev = q8.device
+    o8 = torch.empty_like(q8)
+    B, S, H, _ = q8.shape
+    stats = torch.empty(B, H, S, 1, device=dev, dtype=torch.float32)
+    values = {"q": _bhsd(q8), "k": _bhsd(k8), "v": _bhsd(v8), "o": _bhsd(o8),
+              "descale_q": descales[0], "descale_k": descales[1], "descale_v": descales[2],
+              "descale_s": _scalar(1 / FP8_MAX, dev), "scale_s": _scalar(FP8_MAX, dev), "scale_o": 1.0 / descale_o,
+              "amax_s": _scalar(0.0, dev), "amax_o": _scalar(0.0, dev)}
+    if training:
+        values["stats"] = stats
+    _run(_forward_graph(_key(q8), training), values, dev)
+    return o8, stats
+
+
+def _fake_quant(x: torch.Tensor, scale) -> torch.Tensor:
+    return (x * scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).float() / scale
+
+
+def _emulated_scores(qf, kf):
+    return torch.einsum("bqhd,bkhd->bhqk", qf, kf) * qf.shape[-1] ** -0.5
+
+
+def _forward_emulated(q8, k8, v8, descales, descale_o, training):
+    qf, kf, vf = (x8.float() * d.reshape(()) for x8, d in zip((q8, k8, v8), descales))
+    s = _emulated_scores(qf, kf)
+    stats = torch.logsumexp(s, dim=-1, keepdim=True)
+    p = _fake_quant(torch.exp(s - stats), FP8_MAX)
+    o = torch.einsum("bhqk,bkhd->bqhd", p, vf)
+    return _quantize(o, descale_o.reshape(()) * FP8_MAX)[0], stats
+
+
+def _backward_cudnn(q8, k8, v8, o8, do8, stats, descales, scales):
+    dev = q8.device
+    grads = [torch.empty_like(q8), torch.empty_like(k8), torch.empty_like(v8)]
+    amax = [_scalar(0.0, dev) for _ in range(4)]
+    values = {"q": _bhsd(q8), "k": _bhsd(k8), "v": _bhsd(v8), "o": _bhsd(o8), "dO": _bhsd(do8), "stats": stats,
+              "dQ": _bhsd(grads[0]), "dK": _bhsd(grads[1]), "dV": _bhsd(grads[2]),
+              "amax_dQ": amax[0], "amax_dK": amax[1], "amax_dV": amax[2], "amax_dP": amax[3],
+              "descale_s": _scalar(1 / FP8_MAX, dev), "scale_s": _scalar(FP8_MAX, dev),
+              "descale_dP": 1.0 / scales[3], "scale_dQ": scales[0], "scale_dK": scales[1], "scale_dV": scales[2],
+              "scale_dP": scales[3]} | dict(zip(("descale_q", "descale_k", "descale_v", "descale_o", "descale_dO"),
+                                                 descales))
+    _run(_backward_graph(_key(q8)), values, dev)
+    return grads, torch.cat([a.reshape(1) for a in amax])
+
+
+def _backward_emulated(q8, k8, v8, o8, do8, stats, descales, scales):
+    qf, kf, vf, of, dof = (x8.float() * d.reshape(()) for x8, d in zip((q8, k8, v8, o8, do8), descales))
+    p = torch.exp(_emulated_scores(qf, kf) - stats)
+    dv = torch.einsum("bhqk,bqhd->bkhd", _fake_quant(p, FP8_MAX), dof)
+    dp = torch.einsum("bqhd,bkhd->bhqk", dof, vf)
+    delta = (dof * of).sum(-1).transpose(1, 2).unsqueeze(-1)  # (B, H, S, 1)
+    ds = p * (dp - delta) * qf.shape[-1] ** -0.5  # what cuDNN calls dP: the score gradient
+    ds8 = _fake_quant(ds, scales[3].reshape(()))
+    dq = torch.einsum("bhqk,bkhd->bqhd", ds8, kf)
+    dk = torch.einsum("bhqk,bqhd->bkhd", ds8, qf)
+    amax = torch.stack([dq.abs().amax(), dk.abs().amax(), dv.abs().amax(), ds.abs().amax()])
+    grads = [_quantize(g, FP8_MAX / s.reshape(()))[0] for g, s in zip((dq, dk, dv), scales)]
+    return grads, amax
+
+
+# ---------------------------------------------------------------------------------------------
+# the ops
+
+
+@torch.library.custom_op("diffhdr::fp8_sdpa_fwd", mutates_args=())
+def fp8_sdpa_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, training: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, S, H, D) bf16 Q, K, V -> O in e4m3 (B, S, H, D), softmax statistics (B, H, S, 1) (empty
+    unless `training`) and O's descale (1, 1, 1, 1)."""
+    (q8, k8, v8), descales = _quantize_qkv(q, k, v)
+    descale_o = descales[2].clone()  # |O| <= amax(V)
+    forward = _forward_cudnn if q.is_cuda else _forward_emulated
+    o8, stats = forward(q8, k8, v8, descales, descale_o, training)
+    return o8, stats, descale_o
+
+
+@fp8_sdpa_fwd.register_fake
+def _(q, k, v, training):
+    B, S, H, _ = q.shape
+    return (torch.empty_like(q, dtype=FP8), q.new_empty(B, H, S, 1, dtype=torch.float32),
+            q.new_empty(1, 1, 1, 1, dtype=torch.float32))
+
+
+@torch.library.custom_op("diffhdr::fp8_sdpa_bwd", mutates_args=())
+def fp8_sdpa_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o8: torch.Tensor, stats: torch.Tensor,
+                 descale_o: torch.Tensor, grad_o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dQ, dK, dV (bf16, like Q, K, V) of fp8_sdpa_fwd's output, given its upstream gradient."""
+    (q8, k8, v8), descales = _quantize_qkv(q, k, v)
+    do8, descale_do = _quantize_current(grad_o)
+    descales += [descale_o, descale_do]
+    backward = _backward_cudnn if q.is_cuda else _backward_emulated
+    running = _GRAD_AMAX.setdefault((tuple(q.shape), str(q.device)), torch.ones(4, device=q.device))
+    # Overflow is seen in the amaxes the kernel returns; an overflowing dP (dS) also hides dQ's and
+    # dK's true amax (they are computed from the clipped dS), so the worst case is three runs.
+    for _ in range(3):
+        scales = list((FP8_MAX / (MARGIN * running)).reshape(4, 1, 1, 1, 1))
+        grads, amax = backward(q8, k8, v8, o8, do8, stats, descales, scales)
+        overflow = bool((amax > MARGIN * running).any())  # a host sync, once per attention backward
+        running.copy_(amax if overflow else torch.maximum(amax, running * DECAY))
+        if not overflow:
+            break
+    return tuple(_dequantize(g8, 1.0 / s, x.dtype) for g8, s, x in zip(grads, scales, (q, k, v)))
+
+
+@fp8_sdpa_bwd.register_fake
+def _(q, k, v, o8, stats, descale_o, grad_o):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+class _FP8Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v):
+        o8, stats, descale_o = fp8_sdpa_fwd(q, k, v, True)
+        ctx.save_for_backward(q, k, v, o8, stats, descale_o)
+        return _dequantize(o8, descale_o, q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_o):
+        q, k, v, o8, stats, descale_o = ctx.saved_tensors
+        return fp8_sdpa_bwd(q, k, v, o8, stats, descale_o, grad_o.contiguous())
+
+
+def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(D)) V for (B, S, H, D) tensors, in fp8; differentiable."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        return _FP8Attention.apply(q, k, v)
+    o8, _, descale_o = fp8_sdpa_fwd(q, k, v, False)
+    return _dequantize(o8, descale_o, q.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# the processor
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's rotary embedding on interleaved pairs (as diffusers' WanAttnProcessor applies it)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2).type_as(x)
+
+
+class FP8SelfAttnProcessor:
+    """diffusers' WanAttnProcessor for self-attention (no image branch), with `attend` for the
+    attention itself: fp8_attention by default."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, attend=fp8_attention):
+        self.attend = attend
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            q, k = _rotate(q, *rotary_emb), _rotate(k, *rotary_emb)
+        out = self.attend(q, k, v).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def use_fp8_attention(transformer, prefixes=("blocks.", "vace_blocks.")) -> int:
+    """fp8 self-attention in the main (and VACE) blocks; returns how many layers."""
+    layers = [m for name, m in transformer.named_modules() if name.startswith(prefixes) and name.endswith(".attn1")]
+    for attn in layers:
+        attn.set_processor(FP8SelfAttnProcessor())
+    return len(layers)
