@@ -90,9 +90,10 @@ def main(argv=None):
     if cfg.model.fp8_base:
         log.info("fp8 GEMMs in %d frozen linears", use_fp8_training_linears(model.transformer))
     if cfg.model.fp8_attention:
-        if acc.device.type == "cuda" and not fp8_attention.available(acc.device):
-            raise ConfigError(f"{args.config}: model.fp8_attention needs a Hopper (sm90+) GPU and "
-                             "`pip install nvidia-cudnn-frontend`")
+        head_dim = model.transformer.config.attention_head_dim
+        if acc.device.type == "cuda" and not fp8_attention.available(acc.device, head_dim):
+            raise ConfigError(f"{args.config}: model.fp8_attention needs a Hopper (sm90+) GPU, "
+                              f"`pip install nvidia-cudnn-frontend` and heads of 128 (this model's: {head_dim})")
         log.info("fp8 attention in %d self-attention layers%s", fp8_attention.use_fp8_attention(model.transformer),
                  "" if acc.device.type == "cuda" else " (CPU: an emulation, for tests)")
     model.vae.to(acc.device)

@@ -40,10 +40,11 @@ DECAY = 0.99  # per backward call: the running maximum forgets a spike within a 
 _GRAD_AMAX: dict[tuple, torch.Tensor] = {}
 
 
-def available(device) -> bool:
-    """cuDNN fp8 attention: a Hopper (or newer) GPU and the cuDNN frontend installed."""
+def available(device, head_dim: int) -> bool:
+    """cuDNN fp8 attention: a Hopper (or newer) GPU, the cuDNN frontend installed, and heads of 128
+    (the only size Hopper's fp8 kernels take; Wan-14B's)."""
     device = torch.device(device)
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0) or head_dim != 128:
         return False
     try:
         import cudnn  # noqa: F401
@@ -76,8 +77,10 @@ def _compiled(fn):
 
 def _fused(fn, *args):
     """fn compiled on the GPU, where eager quantisation would take ten passes over each 0.33 GB
-    tensor (8 ms per attention call at 720p, measured) for inductor's two; plain on the CPU."""
-    return (_compiled(fn) if args[0].is_cuda else fn)(*args)
+    tensor (8 ms per attention call at 720p, measured) for inductor's two; plain on the CPU and
+    where torch.compile is already tracing (the compiled block fuses it)."""
+    plain = not args[0].is_cuda or torch.compiler.is_compiling()
+    return (fn if plain else _compiled(fn))(*args)
 
 
 def _dequantize(x8: torch.Tensor, descale: torch.Tensor, dtype) -> torch.Tensor:

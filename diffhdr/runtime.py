@@ -164,7 +164,7 @@ def apply_speed_mode(model, mode: str, device, memory: str = "full") -> None:
         log.info("fp8 GEMMs in %d linears", n)
     # fp8 attention computes whole sequences: not under context parallelism, whose shards it would miss
     sharded = getattr(model.transformer, "_parallel_config", None) is not None
-    if mode == "fast" and fp8_attention.available(device) and not sharded:
+    if mode == "fast" and not sharded and fp8_attention.available(device, model.transformer.config.attention_head_dim):
         log.info("fp8 attention in %d self-attention layers", fp8_attention.use_fp8_attention(model.transformer))
     if not hooked:
         compile_blocks(model.transformer)
