@@ -64,7 +64,9 @@ def parse_args(argv):
     p.add_argument("--start_frame", type=int, default=0)
     p.add_argument("--num_frames", type=int, help="process only this many frames")
     p.add_argument("--speed", choices=SPEED_MODES, default="default",
-                   help="fast = fp8 GEMMs + guidance on fewer steps (--cfg_interval/--cfg_refresh); lossy")
+                   help="fast = fp8 GEMMs and attention + guidance on fewer steps (--cfg_interval/--cfg_refresh); lossy")
+    p.add_argument("--fp8_attention", action=argparse.BooleanOptionalAction,
+                   help="fp8 self-attention (Hopper + nvidia-cudnn-frontend; default: on with --speed fast only)")
     p.add_argument("--memory", choices=MEMORY_MODES, default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--context_parallel", choices=CP_KINDS, default="ulysses",
@@ -132,7 +134,7 @@ def main(argv=None):
     memory = apply_memory_mode(model, a.memory, device)
     if world > 1:
         enable_context_parallel(model.transformer, a.context_parallel)
-    apply_speed_mode(model, a.speed, device, memory)
+    fp8_attn = apply_speed_mode(model, a.speed, device, memory, fp8_attn=a.fp8_attention)
     log.info("%d frames %dx%d, gamma=%g M=%g, preset=%s memory=%s speed=%s", len(frames), frames.shape[-1],
              frames.shape[-2], color["gamma"], color["M"], a.preset, memory, a.speed)
     hdr = reconstruct(model, frames, caption, color["gamma"], color["M"], settings, reference, device=device,
@@ -141,7 +143,8 @@ def main(argv=None):
         return
     record = {"input_video": a.input_video, "lora_checkpoint": a.lora_checkpoint, "base_model": str(base),
               "prompt": a.prompt, "preset": a.preset, "gamma": color["gamma"], "M": color["M"],
-              "speed": a.speed, "memory": memory, "gpus": world, "fps": fps, "settings": dataclasses.asdict(settings)}
+              "speed": a.speed, "fp8_attention": fp8_attn, "memory": memory, "gpus": world, "fps": fps,
+              "settings": dataclasses.asdict(settings)}
     write_outputs(out, hdr, fps, record, hdr10=a.hdr10_preview)
     log.info("wrote %d EXR frames and preview.mp4 to %s", len(hdr), out)
 

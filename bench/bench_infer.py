@@ -9,7 +9,7 @@ Modes (guidance 7.5, flow-match Euler, the same noise, VACE context and text for
   batched        both CFG branches in one forward of batch 2 (kept to show why it is off)
   default_nocfa  `--speed default`: cuDNN attention + torch.compile, CFA off
   default        default_nocfa + CFA: what users run (`--speed default --memory full`)
-  default_fp8attn  default + fp8 self-attention (diffhdr.fp8_attention), bf16 GEMMs
+  default_fp8attn  default + fp8 self-attention (diffhdr.fp8_attention), bf16 GEMMs: `--fp8_attention`
   fp8            default + fp8 GEMMs
   fp8attn        fp8 + fp8 self-attention (diffhdr.fp8_attention): `--speed fast`'s forward
   fast           fp8attn + guidance on the first 30% of the steps, its unconditional forward on every
@@ -37,11 +37,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from diffhdr import fp8_attention  # noqa: E402
 from diffhdr.model import DiffHDRModel  # noqa: E402
 from diffhdr.pipeline import (FAST_GUIDANCE, InferenceSettings, denoise, guidance_plan, make_scheduler,  # noqa: E402
                              set_timesteps)
-from diffhdr.runtime import apply_speed_mode, use_fp8_linears  # noqa: E402
+from diffhdr.runtime import apply_speed_mode  # noqa: E402
 from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
 
 MODES = ("naive", "batched", "default_nocfa", "default", "default_fp8attn", "fp8", "fp8attn", "fast", "low")
@@ -80,11 +79,8 @@ def run_mode(mode, cfg, inp, steps, device):
     if mode == "low":
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
     elif mode in ("default_nocfa", "default", "default_fp8attn", "fp8", "fp8attn", "fast"):
-        apply_speed_mode(model, "fast" if mode in ("fp8attn", "fast") else "default", device)
-        if mode == "fp8":  # fast's GEMMs without its attention; swapped before the first (compiling) call
-            use_fp8_linears(transformer)
-        if mode == "default_fp8attn":
-            fp8_attention.use_fp8_attention(transformer)
+        apply_speed_mode(model, "fast" if mode in ("fp8", "fp8attn", "fast") else "default", device,
+                         fp8_attn=mode in ("default_fp8attn", "fp8attn", "fast"))
     settings = InferenceSettings(num_inference_steps=steps, guidance_scale=7.5, scheduler="euler",
                                  batch_cfg=mode == "batched", cfa=mode not in ("naive", "batched", "default_nocfa"),
                                  **(FAST_GUIDANCE if mode == "fast" else {}))
