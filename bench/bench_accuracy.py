@@ -19,7 +19,6 @@ comparison with naive_bf16's own distance from float32.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -61,11 +60,9 @@ def float32_forward(transformer, forward):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--out")
+    p = common.arguments(__doc__)
     a = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
+    device = common.device_of(a)
     cfg, (frames, h, w) = (TINY_TRANSFORMER, (9, 32, 32)) if a.tiny else (REAL_TRANSFORMER, (33, 720, 1280))
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     g = torch.Generator().manual_seed(0)

@@ -25,7 +25,6 @@ bounds of what trained weights would show.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -116,16 +115,14 @@ def psnr(a, b):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true")
+    p = common.arguments(__doc__)
     p.add_argument("--steps", type=int, default=2, help="timed denoising steps (after a warm-up step)")
     p.add_argument("--naive_steps", type=int, help="steps for naive (its cost per step does not depend on the "
                                                        "schedule; default --steps)")
     p.add_argument("--tag", default="", help="suffix of the JSON name")
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--out")
     a = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
+    device = common.device_of(a)
     cfg, (frames, h, w) = (TINY_TRANSFORMER, (9, 32, 32)) if a.tiny else (REAL_TRANSFORMER, (33, 720, 1280))
     inp = inputs(cfg, frames, h, w, device)
     rows, finals = [], {}

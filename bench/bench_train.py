@@ -20,7 +20,6 @@ The VAE and text encoder are not timed (precomputed latents; the same cost for e
 
 from __future__ import annotations
 
-import argparse
 import sys
 import traceback
 from pathlib import Path
@@ -104,14 +103,12 @@ def profile(transformer, inp, path):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true")
+    p = common.arguments(__doc__)
     p.add_argument("--steps", type=int, default=3, help="timed micro-steps after one warm-up")
     p.add_argument("--recipes", default=",".join(RECIPES))
-    p.add_argument("--out", help="also copy the JSON here")
     p.add_argument("--profile", help="write a kernel-time table of one micro-step of the last recipe here")
     a = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
+    device = common.device_of(a)
     cfg, (frames, h, w), rank = (TINY_TRANSFORMER, (5, 32, 32), 4) if a.tiny else (REAL_TRANSFORMER, (33, 720, 1280), 32)
     inp = make_inputs(cfg, frames, h, w, device)
     rows, grads = [], {}

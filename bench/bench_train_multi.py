@@ -14,7 +14,6 @@ the efficiency against one GPU is t(1 GPU) / t(N GPUs). Peak memory is reported 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -35,13 +34,11 @@ RECIPE = "ours_fp8_compiled_nocast"
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true")
+    p = common.arguments(__doc__)
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps after one warm-up step")
     p.add_argument("--accumulation", type=int, default=4, help="micro-steps per optimizer step (paper: 4)")
     p.add_argument("--baseline", help="JSON of a 1-GPU run of this script: adds the scaling efficiency")
     p.add_argument("--tag", default="")
-    p.add_argument("--out")
     a = p.parse_args()
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # as train.py
     acc = Accelerator(mixed_precision="bf16" if not a.tiny else "no", fsdp_plugin=fsdp_plugin("bf16"))

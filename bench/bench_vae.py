@@ -7,7 +7,6 @@ without tiling. These run outside the denoising loop, so they set the floor of a
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,13 +20,11 @@ from diffhdr.tiny import REAL_VAE, TINY_VAE  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--out")
+    p = common.arguments(__doc__)
     a = p.parse_args()
     from diffusers import AutoencoderKLWan
 
-    device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
+    device = common.device_of(a)
     cfg, (t, h, w) = (TINY_VAE, (9, 32, 32)) if a.tiny else (REAL_VAE, (33, 720, 1280))
     torch.manual_seed(0)
     vae = AutoencoderKLWan(**cfg).to(device)

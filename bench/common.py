@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import json
@@ -12,6 +13,18 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every model benchmark takes; add its own to the parser returned."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="a CPU smoke run of the same code on the tiny model")
+    p.add_argument("--out", help="also copy the JSON here")
+    return p
+
+
+def device_of(args) -> str:
+    return "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
 
 
 def environment(device) -> dict:

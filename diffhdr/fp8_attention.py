@@ -233,7 +233,7 @@ def _forward_emulated(q8, k8, v8, descales, descale_o, training):
     s = _emulated_scores(qf, kf)
     stats = torch.logsumexp(s, dim=-1, keepdim=True)
     p = _fake_quant(torch.exp(s - stats), FP8_MAX)
-    o = torch.einsum("bhqk,bkhd->bqhd", p, vf)
+    o = torch.einsum("bhqk,bkhd->bqhd", p, vf).contiguous()  # the layout cuDNN writes (and the fake op)
     return _quantize(o, descale_o.reshape(()) * FP8_MAX)[0], stats
 
 
@@ -263,7 +263,7 @@ def _backward_emulated(q8, k8, v8, o8, do8, stats, descales, scales):
     dq = torch.einsum("bhqk,bkhd->bqhd", ds8, kf)
     dk = torch.einsum("bhqk,bqhd->bkhd", ds8, qf)
     amax = torch.stack([dq.abs().amax(), dk.abs().amax(), dv.abs().amax(), ds.abs().amax()])
-    grads = [_quantize(g, FP8_MAX / s.reshape(()))[0] for g, s in zip((dq, dk, dv), scales)]
+    grads = [_quantize(g.contiguous(), FP8_MAX / s.reshape(()))[0] for g, s in zip((dq, dk, dv), scales)]
     return grads, amax
 
 

@@ -4,13 +4,13 @@ from torch.utils.checkpoint import CheckpointPolicy
 import diffhdr.model as model_mod
 from diffhdr.config import ModelConfig
 from diffhdr.fp8_attention import use_fp8_attention
-from diffhdr.model import DiffHDRModel, enable_gradient_checkpointing
+from diffhdr.model import DiffHDRModel, compile_blocks, enable_gradient_checkpointing
 from diffhdr.tiny import resolve_backbone
 
 POLICY = model_mod._save_self_attention_policy
 
 
-def forward_backward(save_attention, monkeypatch, fp8=False):
+def forward_backward(save_attention, monkeypatch, fp8=False, compile=False):
     """Forward + backward of the tiny model; which attention results did the policy keep?"""
     monkeypatch.setattr(model_mod, "SELF_ATTENTION_MIN_KEYS", 16)  # tiny: 128 video tokens, 8 text
     kept = []
@@ -28,6 +28,8 @@ def forward_backward(save_attention, monkeypatch, fp8=False):
     enable_gradient_checkpointing(m.transformer, save_attention=save_attention)
     if fp8:
         use_fp8_attention(m.transformer)
+    if compile:
+        compile_blocks(m.transformer)
     m.transformer.train()
     g = torch.Generator().manual_seed(0)
     out = m.transformer(hidden_states=torch.randn(1, 16, 2, 16, 16, generator=g), timestep=torch.tensor([300.0]),
@@ -53,6 +55,14 @@ def test_selective_checkpointing_keeps_fp8_attention(monkeypatch):
     assert kept == [torch.ops.diffhdr.fp8_sdpa_fwd.default] * 4
     assert torch.isfinite(g_fp8).all()
     assert torch.nn.functional.cosine_similarity(g_fp8, g_exact, dim=0) > 0.98  # 0.989 measured
+
+
+def test_fp8_attention_compiles(monkeypatch):
+    """Under torch.compile (as training runs it) the fp8 op is opaque to the compiler, which relies on
+    its fake kernel for shapes and strides: a mismatch with the real outputs fails here."""
+    _, g_eager = forward_backward(-1, monkeypatch, fp8=True)
+    _, g_compiled = forward_backward(-1, monkeypatch, fp8=True, compile=True)
+    assert torch.nn.functional.cosine_similarity(g_compiled, g_eager, dim=0) > 0.999
 
 
 def test_lora_inputs_without_peft_cast_give_identical_training_step():
