@@ -1,28 +1,37 @@
 """FP8 self-attention for Hopper: cuDNN's fused fp8 flash attention, forward and backward, through the
 cuDNN frontend's Python graph API (`pip install nvidia-cudnn-frontend`), as a torch op.
 
-Attention is about half of DiffHDR's FLOPs (40 heads x 32,400 video tokens x 128 at 720p), and on an
-H100 cuDNN's fp8 forward runs at 862 TFLOP/s against 589 in bf16 (bench/bench_attention_fp8.py).
-It is lossy (e4m3 keeps 3 mantissa bits), so it is opt-in: `--speed fast` at inference,
-`model.fp8_attention` in training. Only the self-attention over the video uses it; cross-attention
-over the 512 text tokens is cheap and stays bf16, CFA's three branches with it.
+Attention is about half of DiffHDR's FLOPs (40 heads x 32,400 video tokens x 128 at 720p). On an
+H100 this op takes 25.9 ms forward and 104.5 ms forward + backward against cuDNN bf16's 36.0 and
+141.8 (bench/bench_attention_fp8.py). It is lossy (e4m3 keeps 3 mantissa bits), so it is opt-in:
+`--speed fast` / `--fp8_attention` at inference, `model.fp8_attention` in training. Only the
+self-attention over the video uses it; cross-attention over the 512 text tokens is cheap and stays
+bf16, CFA's three branches with it.
 
 Scaling, one scale per tensor, e4m3 (largest finite value 448):
-  Q, K, V, dO     current: each tensor's own amax maps to 448 (nothing to go stale)
+  Q, K, V, dO     current: each tensor's own amax maps to 448 (nothing to go stale). K is first
+                  smoothed, its mean over the tokens subtracted (as SageAttention does): that shifts
+                  each query's scores by a constant, which softmax ignores, and the rows of dS sum to
+                  zero, so dK is unchanged too; only the range to quantise shrinks.
   P               fixed: P is in [0, 1] and is scaled by 448 inside the kernel
   O               448 / amax(V). Every row of O is a convex combination of rows of V, so |O| <= amax(V):
                   O cannot overflow and needs no history. (On Hopper cuDNN writes O only in fp8, so
                   its scale has to be known before the kernel runs.)
-  dQ, dK, dV, dP  delayed: fp8 outputs too, with no useful bound, so their scales come from the amax
-                  earlier backwards returned: one running maximum per kind and shape, shared by all
-                  layers, decaying by DECAY a call, with a MARGIN of headroom. The first backward of
-                  a shape runs twice, the first time only to measure. (cuDNN saturates what overflows.)
+  dQ, dK, dV, dP  delayed (dP is cuDNN's name for the score gradient dS): fp8 outputs too, with no
+                  useful bound, so their scales come from the amaxes earlier backwards returned: one
+                  running maximum per kind and shape, shared by all layers, decaying by DECAY a call,
+                  with a MARGIN of headroom. Each backward returns the true amaxes; where one outgrew
+                  the margin (those values were clipped), that backward runs again with the scales it
+                  needs. Checking costs one host sync per attention backward (~0.1 s of GPU work at
+                  720p), so a timestep that moves the gradients' range never clips them.
+The history lives in this process only: after a resume the first backward of a shape measures
+again, so a resumed run matches an uninterrupted one to fp8 rounding, not bit for bit.
 The backward keeps O (fp8) and the softmax statistics; Q, K and V are quantised again from the
 recomputed bf16 tensors, which gives the bytes the forward used (current scaling is deterministic).
 
 On CPU the same ops run an emulation (the same quantisation, attention in float32), which is what
 CI tests the autograd, checkpoint and compile plumbing with; the cuDNN kernels need the GPU
-(bench/bench_attention_fp8.py checks them against bf16 SDPA).
+(bench/bench_attention_fp8.py checks them against float32 SDPA).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import torch
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
-MARGIN = 2.0  # dQ/dK/dV/dP may grow 2x over the running maximum before they saturate
+MARGIN = 2.0  # dQ/dK/dV/dP may grow 2x over the running maximum before a backward has to rerun
 DECAY = 0.99  # per backward call: the running maximum forgets a spike within a few hundred calls
 
 # Running amax of (dQ, dK, dV, dP) per (shape, device): one float32 (4,) tensor on the device.
