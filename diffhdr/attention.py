@@ -14,8 +14,8 @@ taken before that projection: one `to_out` call instead of three, with the same 
 The text travels as one sequence of K equal chunks [full | null | over | under], so it passes
 through the model's own text projection unchanged. CFA processors use chunks 1..3; cross-attention
 without CFA (VACE blocks by default) uses chunk 0, the full caption the model was trained on.
-An unconditional CFG branch puts its negative prompt in all four chunks with zero gates, which
-reduces exactly to standard attention.
+An unconditional CFG branch puts its negative prompt in all four chunks and routes nothing (no
+gates), which is standard attention on its text: the processor then attends to one chunk only.
 
 Under context parallelism (diffhdr.parallel) each rank holds a contiguous shard of the tokens;
 the gates are sharded the same way, and the text is whole on every rank, so CFA stays local.
@@ -88,6 +88,9 @@ class CFAAttnProcessor(ChunkAttnProcessor):
         self.state = state
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        m_o, m_u = (None if m is None else shard_tokens(m, self._parallel_config) for m in self.state.normalised())
+        if m_o is None and m_u is None:  # nothing routed (an unconditional branch): the null chunk alone
+            return super().__call__(attn, hidden_states, encoder_hidden_states)
         q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)  # (B, S, H, Dh)
         # K/V of null, over and under in one projection each
         _, *ctxs = encoder_hidden_states.chunk(N_CHUNKS, dim=1)
@@ -95,7 +98,6 @@ class CFAAttnProcessor(ChunkAttnProcessor):
         (k0, k1, k2), (v0, v1, v2) = k.chunk(3, dim=1), v.chunk(3, dim=1)
         r0 = _attend(attn, q, k0, v0, self._attention_backend)  # (B, S, C)
         r = r0
-        m_o, m_u = (None if m is None else shard_tokens(m, self._parallel_config) for m in self.state.normalised())
         if m_o is not None and self.state.alpha_over:
             r = r + (self.state.alpha_over * m_o).to(r0) * (_attend(attn, q, k1, v1, self._attention_backend) - r0)
         if m_u is not None and self.state.alpha_under:

@@ -227,10 +227,11 @@ def denoise(
     latents = noise.float()
     cfg = uncond is not None and settings.guidance_scale != 1.0  # g = 1: the conditional prediction
     state = CFAState(alpha_over=settings.alpha_over, alpha_under=settings.alpha_under)
-    gate_on = gate_off = (None, None)
+    gate_on = gate_off = (None, None)  # gate_off, the unconditional branch's: standard attention on its text
     if gates is not None:
         gate_on = tuple(g.to(latents.device) for g in gates)
-        gate_off = tuple(torch.zeros_like(g) for g in gate_on)  # uncond: standard attention on its text
+        if settings.batch_cfg:  # one batch: the uncond half routes nothing through zero gates
+            gate_off = tuple(torch.zeros_like(g) for g in gate_on)
 
     def velocity(x, t, text, gate):
         state.gate_over, state.gate_under = gate
