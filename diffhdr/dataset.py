@@ -191,7 +191,7 @@ class Conditioned:
     target: torch.Tensor | None  # (B, 3, T, H, W) Log-Gamma HDR in [-1, 1]; None with cached latents
     control: torch.Tensor  # (B, 3, T, H, W) Log-Gamma of the linearised LDR, in [-1, 1]
     mask: torch.Tensor  # (B, T, H, W) binary over ∪ under
-    ldr: torch.Tensor  # (B, T, 3, H, W) 8-bit sRGB LDR before the grey fill
+    ldr: torch.Tensor  # (B, T, 3, H, W) 8-bit sRGB LDR before the grey fill (grey for a hybrid sample)
 
 
 def condition_batch(batch: dict, cfg: Config, device) -> Conditioned:
@@ -201,20 +201,20 @@ def condition_batch(batch: dict, cfg: Config, device) -> Conditioned:
     gm = (cfg.color_mapping.gamma, cfg.color_mapping.M)
     targets, controls, masks, ldrs = [], [], [], []
     for hdr, ev, seed, hybrid in zip(batch["hdr"], batch["ev"], batch["seed"], batch["hybrid"]):
-        g = torch.Generator(device=device).manual_seed(seed)
-        sample = synthesize_ldr(hdr.to(device), g, cfg.augmentation, ev=ev)
-        over, under = detect_masks(sample.ldr, cfg.masks, training=True)
-        ldr = grey_fill(sample.ldr, over, under, g, cfg.augmentation, cfg.masks.use_under)
-        target = sample.hdr
-        mask = combine(over, under, cfg.masks.use_under)
-        if hybrid:
-            ldr = torch.full_like(ldr, cfg.augmentation.grey_value)
+        if hybrid:  # nothing shown, everything to generate: no LDR to synthesise, no masks to detect
             target = hdr.to(device).clamp(0.0, cfg.augmentation.radiance_clip)
-            mask = torch.ones_like(mask)
+            ldr = shown = torch.full_like(target, cfg.augmentation.grey_value)
+            mask = torch.ones_like(target[:, 0])  # (T, H, W)
+        else:
+            g = torch.Generator(device=device).manual_seed(seed)
+            sample = synthesize_ldr(hdr.to(device), g, cfg.augmentation, ev=ev)
+            over, under = detect_masks(sample.ldr, cfg.masks, training=True)
+            ldr = grey_fill(sample.ldr, over, under, g, cfg.augmentation, cfg.masks.use_under)
+            target, mask, shown = sample.hdr, combine(over, under, cfg.masks.use_under), sample.ldr
         controls.append(to_vae_range(log_gamma_encode(srgb_to_linear(ldr), *gm)).permute(1, 0, 2, 3))
         targets.append(to_vae_range(log_gamma_encode(target, *gm)).permute(1, 0, 2, 3))
         masks.append(mask)
-        ldrs.append(sample.ldr)
+        ldrs.append(shown)
     cached = batch["latent"] is not None
     return Conditioned(None if cached else torch.stack(targets), torch.stack(controls), torch.stack(masks),
                        torch.stack(ldrs))
