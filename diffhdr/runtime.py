@@ -6,8 +6,8 @@ speed   naive    diffusers as installed (the baseline the benchmarks compare aga
         default  cuDNN attention + torch.compile of the repeated blocks (about 30 s of warm-up)
         fast     default + fp8 (e4m3, row-wise scaled) GEMMs for the DiT's linears and, on Hopper
                  with nvidia-cudnn-frontend, fp8 self-attention (diffhdr.fp8_attention)
-        (with `--fp8_attention`, default's bf16 GEMMs and fp8 self-attention: 1.41x naive on an
-        H100, a forward 0.8% from bf16's and as far from float32 as bf16; random weights)
+        (with `--fp8_attention`, default's bf16 GEMMs and fp8 self-attention: 1.44x naive on an
+        H100, a forward 0.8-1.7% from bf16's; random weights, bench/bench_accuracy.py)
 memory  full     everything resident (about 38 GB for the 14B model at 720p)
         low      fp8 weights for the block linears, quantised layer by layer on the GPU, and fp8
                  GEMMs (Ada/Hopper; 21.7 GiB peak measured on an H100), else fp8 weight storage
