@@ -72,7 +72,7 @@ def naive_loop(model, inp, settings, device, times):
     return latents
 
 
-def run_mode(mode, cfg, inp, steps, device):
+def run_mode(mode, cfg, inp, steps, device, profile=None):
     transformer = common.build_transformer(cfg, device)
     model = DiffHDRModel(transformer, None, None, None, base_model="random")
     if mode == "low":
@@ -100,6 +100,9 @@ def run_mode(mode, cfg, inp, steps, device):
         with common.timed(device, times):
             latents = denoise(model, inp["context"], cond, uncond, inp["noise"], settings, gates, progress=False)
         s_per_step = times[1] / steps
+        if profile:
+            common.profile_cuda(lambda: denoise(model, inp["context"], cond, uncond, inp["noise"], warm, gates,
+                                                progress=False), profile)
     plan = guidance_plan(steps, settings.cfg_interval, settings.cfg_refresh)
     return latents, {"mode": mode, "steps": steps, "forwards_per_step": (steps + plan.count("full")) / steps,
                      "s_per_step": s_per_step, "warmup_s": times[0] if mode != "naive" else None,
@@ -121,6 +124,7 @@ def main():
                                                        "schedule; default --steps)")
     p.add_argument("--tag", default="", help="suffix of the JSON name")
     p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--profile", help="write a kernel-time table of one denoising step of the last mode here")
     a = p.parse_args()
     device = common.device_of(a)
     cfg, (frames, h, w) = (TINY_TRANSFORMER, (9, 32, 32)) if a.tiny else (REAL_TRANSFORMER, (33, 720, 1280))
@@ -129,7 +133,8 @@ def main():
     for mode in a.modes.split(","):
         try:
             steps = a.naive_steps if mode == "naive" and a.naive_steps else a.steps
-            latents, row = run_mode(mode, cfg, inp, steps, device)
+            last = mode == a.modes.split(",")[-1]
+            latents, row = run_mode(mode, cfg, inp, steps, device, a.profile if last else None)
             finals[mode] = latents.cpu()
         except Exception as e:  # report the failure, measure the other modes
             traceback.print_exc()

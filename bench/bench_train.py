@@ -87,21 +87,6 @@ def micro_step(transformer, inp, sigma=0.6):
     return loss.detach()
 
 
-def profile(transformer, inp, path):
-    """CUDA kernel time of one micro-step, by kernel, largest first (where the time goes)."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        micro_step(transformer, inp)
-        torch.cuda.synchronize()
-    for prm in transformer.parameters():
-        prm.grad = None
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=60, max_name_column_width=90)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(table)
-
-
 def main():
     p = common.arguments(__doc__)
     p.add_argument("--steps", type=int, default=3, help="timed micro-steps after one warm-up")
@@ -133,7 +118,9 @@ def main():
             common.free(device)
             continue
         if a.profile and recipe == a.recipes.split(",")[-1]:
-            profile(transformer, inp, a.profile)
+            common.profile_cuda(lambda: micro_step(transformer, inp), a.profile)
+            for prm in params:
+                prm.grad = None
         row = {"recipe": recipe, "s_per_micro_step": sum(times[1:]) / a.steps, "peak_GiB": common.peak_gib(device),
                "loss": losses[0], "warmup_s": times[0]}
         rows.append(row)

@@ -103,6 +103,18 @@ def write_json(name: str, payload: dict, extra_dir: str | None = None) -> Path:
     return path
 
 
+def profile_cuda(fn, path) -> None:
+    """CUDA kernel time of fn(), by kernel, largest first (where the time goes), as a text table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=60, max_name_column_width=90)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(table)
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in cols]
