@@ -3,7 +3,7 @@
 # checkpointing, fp8 base GEMMs and torch.compile (LDR synthesis and masks on the GPU); the same through accelerate
 # with FSDP2 (configs/accelerate/fsdp.yaml, one process: the sharded code paths, no communication),
 # stopped and resumed; fp8 self-attention (a model with heads of 128, which Hopper's fp8 kernels need),
-# stopped and resumed; then inference in each speed mode and each memory mode.
+# stopped, then resumed through FSDP2; then inference in each speed mode and each memory mode.
 # Usage: bash bench/gpu_smoke.sh OUTDIR
 set -euo pipefail
 out=${1:-/tmp/gpu_smoke}
@@ -35,14 +35,15 @@ WanVACETransformer3DModel(**(TINY_TRANSFORMER | dict(num_attention_heads=2, atte
 sed -e "s#backbone: tiny#backbone: $work/tiny128#" -e "s#fp8_base: true#fp8_base: true, fp8_attention: true#" \
     -e "s#output_dir: .*#output_dir: $work/fp8attn#" "$work/gpu.yaml" > "$work/fp8attn.yaml"
 python3 train.py --config "$work/fp8attn.yaml" --max_steps 10 2>&1 | grep -v "it/s" | tee "$out/train_fp8attn.log"
-python3 train.py --config "$work/fp8attn.yaml" --resume_from_checkpoint latest 2>&1 | grep -v "it/s" | tee -a "$out/train_fp8attn.log"
+python3 -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml --num_processes 1 train.py \
+    --config "$work/fp8attn.yaml" --resume_from_checkpoint latest 2>&1 | grep -v "it/s" | tee -a "$out/train_fp8attn.log"
 python3 -c "
 import numpy as np
 from diffhdr.synthetic import render_frame
 from diffhdr.color_mapping import linear_to_srgb
 from diffhdr.io import write_video
 write_video('$work/ldr.mp4', (linear_to_srgb(np.stack([render_frame(72, 100, t) for t in range(40)])) * 255).astype(np.uint8))"
-for combo in naive:full:ckpt default:full:ckpt default:low:ckpt fast:offload:ckpt fast:full:fp8attn; do
+for combo in naive:full:ckpt default:full:ckpt default:low:ckpt fast:offload:fp8attn fast:full:fp8attn; do
   IFS=: read -r speed memory run <<< "$combo"
   {
     python3 inference.py --input_video "$work/ldr.mp4" --output_dir "$work/out_${speed}_$memory" \
