@@ -88,8 +88,10 @@ class CFAAttnProcessor(ChunkAttnProcessor):
         self.state = state
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        m_o, m_u = (None if m is None else shard_tokens(m, self._parallel_config) for m in self.state.normalised())
-        if m_o is None and m_u is None:  # nothing routed (an unconditional branch): the null chunk alone
+        a_o, a_u = self.state.alpha_over, self.state.alpha_under
+        m_o, m_u = (None if m is None or not a else shard_tokens(m, self._parallel_config)
+                    for m, a in zip(self.state.normalised(), (a_o, a_u)))
+        if m_o is None and m_u is None:  # nothing mixed in (an unconditional branch, alphas 0): the null chunk
             return super().__call__(attn, hidden_states, encoder_hidden_states)
         q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)  # (B, S, H, Dh)
         # K/V of null, over and under in one projection each
@@ -98,10 +100,10 @@ class CFAAttnProcessor(ChunkAttnProcessor):
         (k0, k1, k2), (v0, v1, v2) = k.chunk(3, dim=1), v.chunk(3, dim=1)
         r0 = _attend(attn, q, k0, v0, self._attention_backend)  # (B, S, C)
         r = r0
-        if m_o is not None and self.state.alpha_over:
-            r = r + (self.state.alpha_over * m_o).to(r0) * (_attend(attn, q, k1, v1, self._attention_backend) - r0)
-        if m_u is not None and self.state.alpha_under:
-            r = r + (self.state.alpha_under * m_u).to(r0) * (_attend(attn, q, k2, v2, self._attention_backend) - r0)
+        if m_o is not None:
+            r = r + (a_o * m_o).to(r0) * (_attend(attn, q, k1, v1, self._attention_backend) - r0)
+        if m_u is not None:
+            r = r + (a_u * m_u).to(r0) * (_attend(attn, q, k2, v2, self._attention_backend) - r0)
         return attn.to_out[1](attn.to_out[0](r))
 
 
