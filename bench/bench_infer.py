@@ -19,8 +19,9 @@ Modes (guidance 7.5, flow-match Euler, the same noise, VACE context and text for
                  GEMMs (on Ada/Hopper `--memory low` is `fast`'s fp8 weights: see its peak)
 Accuracy: relative L2 error and PSNR (peak-to-peak 2, the [-1, 1] Log-Gamma range) of the final
 latents, each against the mode with the same maths: naive for batched/default_nocfa, default for
-fp8/fast/low (modes compared only when they ran the same number of steps). With random weights small bf16 differences grow through 40 blocks, so these are upper
-bounds of what trained weights would show.
+fp8/fast/low (modes compared only when they ran the same number of steps). With random weights
+small bf16 differences grow through 40 blocks, so these are upper bounds of what trained weights
+would show.
 """
 
 from __future__ import annotations

@@ -307,7 +307,10 @@ def fp8_sdpa_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o8: torch.Te
     do8, descale_do = _fused(_quantize_current, grad_o)
     descales += [descale_o, descale_do]
     backward = _backward_cudnn if q.is_cuda else _backward_emulated
-    running = _GRAD_AMAX.setdefault((tuple(q.shape), str(q.device)), torch.ones(4, device=q.device))
+    key = (tuple(q.shape), str(q.device))
+    if key not in _GRAD_AMAX:
+        _GRAD_AMAX[key] = torch.ones(4, device=q.device)
+    running = _GRAD_AMAX[key]
     # Overflow is seen in the amaxes the kernel returns; an overflowing dP (dS) also hides dQ's and
     # dK's true amax (they are computed from the clipped dS), so the worst case is three runs.
     for _ in range(3):

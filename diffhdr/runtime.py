@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 SPEED_MODES = ("naive", "default", "fast")
 MEMORY_MODES = ("auto", "full", "low", "offload")
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
+FP8_MAX = fp8_attention.FP8_MAX  # largest finite float8_e4m3fn
 
 
 def _quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
