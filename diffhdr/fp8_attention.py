@@ -2,9 +2,11 @@
 cuDNN frontend's Python graph API (`pip install nvidia-cudnn-frontend`), as a torch op.
 
 Attention is about half of DiffHDR's FLOPs (40 heads x 32,400 video tokens x 128 at 720p). On an
-H100 this op takes 25.9 ms forward and 104.5 ms forward + backward against cuDNN bf16's 36.0 and
-141.8 (bench/bench_attention_fp8.py). It is lossy (e4m3 keeps 3 mantissa bits), so it is opt-in:
-`--speed fast` / `--fp8_attention` at inference, `model.fp8_attention` in training. Only the
+H100 this op takes 26.1 ms forward and 105.3 ms forward + backward against cuDNN bf16's 36.9 and
+144.1 (bench/bench_attention_fp8.py). One call is lossy (e4m3 keeps 3 mantissa bits); a whole
+forward of the 14B model moves 1.34% from float32 with it and 1.32% without, where naive bf16 is at
+1.46% (bench/bench_accuracy.py, random weights). So inference uses it by default where it runs
+(`--no-fp8_attention` turns it off); training only with `model.fp8_attention`. Only the
 self-attention over the video uses it; cross-attention over the 512 text tokens is cheap and stays
 bf16, CFA's three branches with it.
 
@@ -26,8 +28,9 @@ Scaling, one scale per tensor, e4m3 (largest finite value 448):
                   720p), so a timestep that moves the gradients' range never clips them.
 The history lives in this process only: after a resume the first backward of a shape measures
 again, so a resumed run matches an uninterrupted one to fp8 rounding, not bit for bit.
-The backward keeps O (fp8) and the softmax statistics; Q, K and V are quantised again from the
-recomputed bf16 tensors, which gives the bytes the forward used (current scaling is deterministic).
+Quantising Q, K and V happens outside the ops, in traceable code, so that inside a compiled block
+inductor fuses it with the q/k norm and the rotary embedding; the ops take the e4m3 tensors. The
+backward keeps them with O (fp8) and the softmax statistics.
 
 On CPU the same ops run an emulation (the same quantisation, attention in float32), which is what
 CI tests the autograd, checkpoint and compile plumbing with; the cuDNN kernels need the GPU
@@ -39,6 +42,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -86,9 +90,10 @@ def _compiled(fn):
 
 def _fused(fn, *args):
     """fn compiled on the GPU, where eager quantisation would take ten passes over each 0.33 GB
-    tensor (8 ms per attention call at 720p, measured) for inductor's two; plain on the CPU and
-    where torch.compile is already tracing (the compiled block fuses it)."""
-    plain = not args[0].is_cuda or torch.compiler.is_compiling()
+    tensor (8 ms per attention call at 720p, measured) for inductor's two; plain on the CPU, where
+    torch.compile is already tracing (the compiled block fuses it with what comes before) and under
+    a dispatch mode (selective checkpointing records the ops one by one)."""
+    plain = not args[0].is_cuda or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
     return (fn if plain else _compiled(fn))(*args)
 
 
@@ -281,35 +286,32 @@ def _backward_emulated(q8, k8, v8, o8, do8, stats, descales, scales):
 
 
 @torch.library.custom_op("diffhdr::fp8_sdpa_fwd", mutates_args=())
-def fp8_sdpa_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, training: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, S, H, D) bf16 Q, K, V -> O in e4m3 (B, S, H, D), softmax statistics (B, H, S, 1) (empty
-    unless `training`) and O's descale (1, 1, 1, 1)."""
-    (q8, k8, v8), descales = _fused(_quantize_qkv, q, k, v)
-    descale_o = descales[2].clone()  # |O| <= amax(V)
-    forward = _forward_cudnn if q.is_cuda else _forward_emulated
-    o8, stats = forward(q8, k8, v8, descales, descale_o, training)
-    return o8, stats, descale_o
+def fp8_sdpa_fwd(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: torch.Tensor,
+                 descale_k: torch.Tensor, descale_v: torch.Tensor, training: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S, H, D) e4m3 Q, K, V and their descales (1, 1, 1, 1) -> O in e4m3 (B, S, H, D), whose
+    descale is V's (|O| <= amax(V)), and the softmax statistics (B, H, S, 1) (empty unless `training`)."""
+    forward = _forward_cudnn if q8.is_cuda else _forward_emulated
+    return forward(q8, k8, v8, [descale_q, descale_k, descale_v], descale_v, training)
 
 
 @fp8_sdpa_fwd.register_fake
-def _(q, k, v, training):
-    B, S, H, _ = q.shape
-    return (torch.empty_like(q, dtype=FP8), q.new_empty(B, H, S, 1, dtype=torch.float32),
-            q.new_empty(1, 1, 1, 1, dtype=torch.float32))
+def _(q8, k8, v8, descale_q, descale_k, descale_v, training):
+    B, S, H, _ = q8.shape
+    return torch.empty_like(q8), q8.new_empty(B, H, S, 1, dtype=torch.float32)
 
 
 @torch.library.custom_op("diffhdr::fp8_sdpa_bwd", mutates_args=())
-def fp8_sdpa_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o8: torch.Tensor, stats: torch.Tensor,
-                 descale_o: torch.Tensor, grad_o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dQ, dK, dV (bf16, like Q, K, V) of fp8_sdpa_fwd's output, given its upstream gradient."""
-    (q8, k8, v8), descales = _fused(_quantize_qkv, q, k, v)
+def fp8_sdpa_bwd(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, o8: torch.Tensor, stats: torch.Tensor,
+                 descale_q: torch.Tensor, descale_k: torch.Tensor, descale_v: torch.Tensor, grad_o: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dQ, dK, dV (in grad_o's dtype) of fp8_sdpa_fwd's output, given its upstream gradient."""
     do8, descale_do = _fused(_quantize_current, grad_o)
-    descales += [descale_o, descale_do]
-    backward = _backward_cudnn if q.is_cuda else _backward_emulated
-    key = (tuple(q.shape), str(q.device))
+    descales = [descale_q, descale_k, descale_v, descale_v, descale_do]  # O's descale is V's
+    backward = _backward_cudnn if q8.is_cuda else _backward_emulated
+    key = (tuple(q8.shape), str(q8.device))
     if key not in _GRAD_AMAX:
-        _GRAD_AMAX[key] = torch.ones(4, device=q.device)
+        _GRAD_AMAX[key] = torch.ones(4, device=q8.device)
     running = _GRAD_AMAX[key]
     # Overflow is seen in the amaxes the kernel returns; an overflowing dP (dS) also hides dQ's and
     # dK's true amax (they are computed from the clipped dS), so the worst case is three runs.
@@ -320,25 +322,25 @@ def fp8_sdpa_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o8: torch.Te
         running.copy_(amax if overflow else torch.maximum(amax, running * DECAY))
         if not overflow:
             break
-    return tuple(_fused(_dequantize, g8, 1.0 / s, x.dtype) for g8, s, x in zip(grads, scales, (q, k, v)))
+    return tuple(_fused(_dequantize, g8, 1.0 / s, grad_o.dtype) for g8, s in zip(grads, scales))
 
 
 @fp8_sdpa_bwd.register_fake
-def _(q, k, v, o8, stats, descale_o, grad_o):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+def _(q8, k8, v8, o8, stats, descale_q, descale_k, descale_v, grad_o):
+    return tuple(torch.empty_like(x, dtype=grad_o.dtype) for x in (q8, k8, v8))
 
 
 class _FP8Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v):
-        o8, stats, descale_o = fp8_sdpa_fwd(q, k, v, True)
-        ctx.save_for_backward(q, k, v, o8, stats, descale_o)
-        return _fused(_dequantize, o8, descale_o, q.dtype)
+        (q8, k8, v8), descales = _fused(_quantize_qkv, q, k, v)
+        o8, stats = fp8_sdpa_fwd(q8, k8, v8, *descales, True)
+        ctx.save_for_backward(q8, k8, v8, o8, stats, *descales)
+        return _fused(_dequantize, o8, descales[2], q.dtype)
 
     @staticmethod
     def backward(ctx, grad_o):
-        q, k, v, o8, stats, descale_o = ctx.saved_tensors
-        return fp8_sdpa_bwd(q, k, v, o8, stats, descale_o, grad_o.contiguous())
+        return fp8_sdpa_bwd(*ctx.saved_tensors, grad_o.contiguous())
 
 
 def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -346,8 +348,9 @@ def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
         return _FP8Attention.apply(q, k, v)
-    o8, _, descale_o = fp8_sdpa_fwd(q, k, v, False)
-    return _fused(_dequantize, o8, descale_o, q.dtype)
+    (q8, k8, v8), descales = _fused(_quantize_qkv, q, k, v)
+    o8, _ = fp8_sdpa_fwd(q8, k8, v8, *descales, False)
+    return _fused(_dequantize, o8, descales[2], q.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
