@@ -27,7 +27,7 @@ from diffhdr.outputs import prepare_output_dir, write_outputs
 from diffhdr.parallel import CP_KINDS, enable_context_parallel, init_distributed, local_device
 from diffhdr.pipeline import FAST_GUIDANCE, PRESETS, InferenceSettings, encode_texts, reconstruct
 from diffhdr.prompting import parse_prompt
-from diffhdr.runtime import MEMORY_MODES, SPEED_MODES, apply_memory_mode, apply_speed_mode
+from diffhdr.runtime import MEMORY_MODES, SPEED_MODES, apply_memory_mode, apply_speed_mode, merge_lora
 from diffhdr.tiny import resolve_backbone
 
 log = logging.getLogger("diffhdr.inference")
@@ -64,9 +64,10 @@ def parse_args(argv):
     p.add_argument("--start_frame", type=int, default=0)
     p.add_argument("--num_frames", type=int, help="process only this many frames")
     p.add_argument("--speed", choices=SPEED_MODES, default="default",
-                   help="fast = fp8 GEMMs and attention + guidance on fewer steps (--cfg_interval/--cfg_refresh); lossy")
+                   help="fast = + fp8 GEMMs and guidance on fewer steps (--cfg_interval/--cfg_refresh); lossy")
     p.add_argument("--fp8_attention", action=argparse.BooleanOptionalAction,
-                   help="fp8 self-attention (Hopper + nvidia-cudnn-frontend; default: on with --speed fast only)")
+                   help="fp8 self-attention (default: on with --speed default/fast where it runs: Hopper, "
+                        "nvidia-cudnn-frontend, heads of 128); --no-fp8_attention keeps it bf16")
     p.add_argument("--memory", choices=MEMORY_MODES, default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--context_parallel", choices=CP_KINDS, default="ulysses",
@@ -127,6 +128,8 @@ def main(argv=None):
     if a.lora_checkpoint:
         kind = load_any_lora(model.transformer, Path(a.lora_checkpoint))
         log.info("loaded LoRA (%s) from %s", kind, a.lora_checkpoint)
+        if a.speed != "naive":  # before the memory mode places (or quantises) the weights
+            log.info("LoRA folded into %d linears", merge_lora(model.transformer))
     caption = parse_prompt(a.prompt)
     model.text_encoder.to(device)
     texts = encode_texts(model, caption, settings, device)

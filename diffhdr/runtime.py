@@ -1,13 +1,15 @@
 """How the model runs on a GPU: speed modes (attention kernel, fp8 GEMMs, torch.compile) and
-memory modes (fp8 weight storage, group offloading, VAE tiling). Numerics-preserving choices are
-the default; the lossy ones are opt-in and measured in bench/bench_infer.py.
+memory modes (fp8 weight storage, group offloading, VAE tiling). The lossy steps are measured in
+bench/bench_infer.py and bench/bench_accuracy.py.
 
-speed   naive    diffusers as installed (the baseline the benchmarks compare against)
-        default  cuDNN attention + torch.compile of the repeated blocks (about 30 s of warm-up)
-        fast     default + fp8 (e4m3, row-wise scaled) GEMMs for the DiT's linears and, on Hopper
-                 with nvidia-cudnn-frontend, fp8 self-attention (diffhdr.fp8_attention)
-        (with `--fp8_attention`, default's bf16 GEMMs and fp8 self-attention: 1.44x naive on an
-        H100, a forward 0.8-1.7% from bf16's; random weights, bench/bench_accuracy.py)
+speed   naive    diffusers as installed, the LoRA unmerged (the baseline the benchmarks compare against)
+        default  the LoRA folded into the weights (inference.py, before the memory mode), cuDNN
+                 attention, the FFN's GELU in its GEMM's epilogue, torch.compile of the repeated
+                 blocks (about 30 s of warm-up) and, where it runs (Hopper, nvidia-cudnn-frontend,
+                 heads of 128), fp8 self-attention (diffhdr.fp8_attention): 1.54x naive on an H100,
+                 a forward 1.3-1.4% from float32's where naive bf16 is 1.5% (random weights,
+                 LoRA of rank 32). `--no-fp8_attention` keeps attention in bf16: 1.32x.
+        fast     default + fp8 (e4m3, row-wise scaled) GEMMs for the DiT's linears
 memory  full     everything resident (about 38 GB for the 14B model at 720p)
         low      fp8 weights for the block linears, quantised layer by layer on the GPU, and fp8
                  GEMMs (Ada/Hopper; 21.7 GiB peak measured on an H100), else fp8 weight storage
@@ -22,6 +24,7 @@ import logging
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import fp8_attention
 from .model import compile_blocks
@@ -143,40 +146,84 @@ def fp8_capable(device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def merge_lora(transformer: nn.Module) -> None:
-    """Fold the LoRA into the base weights (W <- W + s B A): faster inference, same output."""
+def merge_lora(transformer: nn.Module) -> int:
+    """Fold the LoRA into the base weights (W <- W + s B A, as the authors' release loads it) and put
+    the plain layers back in place of peft's wrappers. Unmerged, every wrapped linear of the 40 main
+    blocks reads its input again and adds a full-size product: about 0.5 s of a 720p CFG step on an
+    H100. Returns how many layers were folded."""
     from peft.tuners.lora import LoraLayer
 
-    for module in transformer.modules():
-        if isinstance(module, LoraLayer):
-            module.merge()
+    folded = 0
+    for parent in list(transformer.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoraLayer):
+                child.merge()
+                setattr(parent, name, child.get_base_layer())
+                folded += 1
+    return folded
+
+
+class GELUProjection(nn.Module):
+    """diffusers' GELU block with the tanh approximation (a linear, then GELU: the FFN's first half)
+    as one cuBLASLt GEMM whose epilogue adds the bias and applies GELU, so the 13,824-wide
+    activation is written once instead of written, read and written again. The epilogue works on
+    the float32 accumulator, before bf16 rounding. Keeps `proj`, so the weights' names stay."""
+
+    def __init__(self, gelu: nn.Module):
+        super().__init__()
+        self.proj = gelu.proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # On the CPU torch's _addmm_activation applies the exact (erf) GELU; fp8 linears (swapped in
+        # later) have no epilogue: both take the unfused path.
+        if not x.is_cuda or type(self.proj) is not nn.Linear:
+            return F.gelu(self.proj(x), approximate="tanh")
+        y = torch._addmm_activation(self.proj.bias, x.reshape(-1, x.shape[-1]), self.proj.weight.t(), use_gelu=True)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def use_gelu_epilogue(transformer: nn.Module) -> int:
+    """Swap each FFN's GELU(approximate="tanh") block whose projection is a plain biased nn.Linear
+    (not fp8, LoRA merged) for GELUProjection; returns how many."""
+    from diffusers.models.activations import GELU
+
+    swapped = 0
+    for module in list(transformer.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is GELU and child.approximate == "tanh" and type(child.proj) is nn.Linear \
+                    and child.proj.bias is not None:
+                setattr(module, name, GELUProjection(child))
+                swapped += 1
+    return swapped
 
 
 def apply_speed_mode(model, mode: str, device, memory: str = "full", fp8_attn: bool | None = None) -> bool:
     """Call after apply_memory_mode. Under `offload` the blocks are wrapped by hooks: no fp8 swap
-    (it needs resident weights) and no torch.compile. `fp8_attn` (default: on for `fast`) puts the
-    self-attention on fp8 where the GPU allows it (diffhdr.fp8_attention); returns whether it did."""
+    (it needs resident weights) and no torch.compile. `fp8_attn` puts the self-attention on fp8
+    (diffhdr.fp8_attention); None: wherever it can run. Returns whether it did."""
     if mode not in SPEED_MODES:
         raise ValueError(f"speed mode must be one of {SPEED_MODES}")
     if mode == "naive" or torch.device(device).type != "cuda":
         return False
     model.transformer.set_attention_backend("_native_cudnn")
     hooked = memory == "offload" or (memory == "low" and not fp8_capable(device))
-    if mode == "fast" and not hooked:
-        n = use_fp8_linears(model.transformer)
-        log.info("fp8 GEMMs in %d linears", n)
+    if not hooked:
+        if mode == "fast":
+            log.info("fp8 GEMMs in %d linears", use_fp8_linears(model.transformer))
+        log.info("GELU in the GEMM epilogue of %d FFNs", use_gelu_epilogue(model.transformer))
     # fp8 attention computes whole sequences: not under context parallelism, whose shards it would miss
     sharded = getattr(model.transformer, "_parallel_config", None) is not None
-    wanted = mode == "fast" if fp8_attn is None else fp8_attn
-    fp8_attn = wanted and not sharded and fp8_attention.available(device, model.transformer.config.attention_head_dim)
-    if fp8_attn:
+    runs = not sharded and fp8_attention.available(device, model.transformer.config.attention_head_dim)
+    use = runs and fp8_attn is not False
+    if use:
         log.info("fp8 attention in %d self-attention layers", fp8_attention.use_fp8_attention(model.transformer))
-    elif wanted:
-        log.warning("fp8 attention needs a Hopper GPU, nvidia-cudnn-frontend, heads of 128 and no context "
-                    "parallelism: attention stays bf16")
+    elif fp8_attn or (fp8_attn is None and not runs):
+        log.log(logging.WARNING if fp8_attn else logging.INFO,
+                "fp8 attention needs a Hopper GPU, nvidia-cudnn-frontend (pip install -e .[fp8]), heads of 128 "
+                "and no context parallelism: attention stays bf16")
     if not hooked:
         compile_blocks(model.transformer)
-    return fp8_attn
+    return use
 
 
 def pick_memory_mode(device) -> str:
