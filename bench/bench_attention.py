@@ -1,15 +1,17 @@
-"""Which SDPA kernel is fastest at DiffHDR's self-attention shape? (B=1, 40 heads, 32,400 tokens, 128)
+"""Which SDPA kernel is fastest at DiffHDR's attention shapes? (B=1, 40 heads, 32,400 queries, head dim 128)
 
-    python bench/bench_attention.py
+    python bench/bench_attention.py                 # self-attention: 32,400 keys
+    python bench/bench_attention.py --keys 512      # cross-attention to the text (512 tokens)
 
 Times forward and forward+backward of torch's scaled_dot_product_attention for the default
-choice and each backend forced, in TFLOP/s (4 S^2 D H per forward, 2.5x that for backward).
+choice and each backend forced, in TFLOP/s (4 Sq Sk D H per forward, 2.5x that for backward).
 `cudnn_bshd` gives cuDNN the (B, S, H, D) tensors permuted to (B, H, S, D) views, as diffusers'
 attention processors do; the others get contiguous (B, H, S, D). Best of 3 and mean of 10 runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 from pathlib import Path
@@ -18,21 +20,27 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 BACKENDS = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
             "cudnn_bshd": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
 def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--keys", type=int, default=32400, help="key/value tokens (512: cross-attention to the text)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--out", help="also copy the JSON here")
+    a = p.parse_args()
     device = "cuda"
-    b, h, s, d = 1, 40, 32400, 128
-    flop = 4 * s * s * d * h
+    b, h, s, sk, d = a.batch, 40, 32400, a.keys, 128
+    flop = 4 * s * sk * d * h * b
     rows = []
     for name, backend in BACKENDS.items():
-        shape = (b, s, h, d) if name.endswith("bshd") else (b, h, s, d)
-        leaves = [torch.randn(shape, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
-        q, k, v = (x.transpose(1, 2) for x in leaves) if name.endswith("bshd") else leaves
+        bshd = name.endswith("bshd")
+        leaves = [torch.randn((b, n, h, d) if bshd else (b, h, n, d), device=device, dtype=torch.bfloat16,
+                              requires_grad=True) for n in (s, sk, sk)]
+        q, k, v = (x.transpose(1, 2) for x in leaves) if bshd else leaves
         ctx = sdpa_kernel(backend) if backend is not None else contextlib.nullcontext()
         fwd, both = [], []
         try:
@@ -50,7 +58,7 @@ def main():
         rows.append({"backend": name, "fwd_ms": 1e3 * f, "fwd_TFLOPs": flop / f / 1e12,
                      "fwd_bwd_ms": 1e3 * fb, "fwd_bwd_TFLOPs": 3.5 * flop / fb / 1e12,
                      "fwd_TFLOPs_mean": flop / fm / 1e12, "fwd_bwd_TFLOPs_mean": 3.5 * flop / fbm / 1e12})
-    q, k, v = (torch.randn(b, h, s, d, device=device, dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(b, h, n, d, device=device, dtype=torch.bfloat16) for n in (s, sk, sk))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         torch.nn.functional.scaled_dot_product_attention(q, k, v)
         torch.cuda.synchronize()
@@ -60,9 +68,10 @@ def main():
                               "fwd_bwd_TFLOPs_mean"]))
     print("default kernel(s):", kernels)
     payload = {"benchmark": "sdpa_backends", "environment": common.environment(device),
-               "config": {"batch": b, "heads": h, "tokens": s, "head_dim": d, "dtype": "bfloat16"},
+               "config": {"batch": b, "heads": h, "tokens": s, "keys": sk, "head_dim": d, "dtype": "bfloat16"},
                "default_kernels": kernels, "results": rows}
-    print("wrote", common.write_json("attention", payload, sys.argv[1] if len(sys.argv) > 1 else None))
+    name = "attention" if sk == s else f"attention_keys{sk}_b{b}"
+    print("wrote", common.write_json(name, payload, a.out))
 
 
 if __name__ == "__main__":

@@ -3,15 +3,21 @@
     python bench/bench_infer.py                 # GPU: random weights of the real shapes, 33x720x1280
     python bench/bench_infer.py --tiny          # CPU smoke run of the same code
 
-Modes (guidance 7.5, flow-match Euler, the same noise, VACE context and text for all). All but
-`naive` run diffhdr.pipeline.denoise, the code inference.py runs:
-  naive          WanVACEPipeline's loop as diffusers ships it: cond and uncond forwards, no CFA
+The model carries a LoRA of rank 32 on the main blocks' linears (`--lora_rank`; 0 for the base model
+alone), as every DiffHDR inference does. Modes (guidance 7.5, flow-match Euler, the same noise, VACE
+context and text for all). All but `naive` fold the LoRA into the weights and run
+diffhdr.pipeline.denoise, as inference.py does:
+  naive          WanVACEPipeline's loop as diffusers ships it, the LoRA as peft attaches it (what
+                 `pipe.load_lora_weights` gives): cond and uncond forwards, no CFA
   batched        both CFG branches in one forward of batch 2 (kept to show why it is off)
-  default_nocfa  `--speed default`: cuDNN attention + torch.compile, CFA off
-  default        default_nocfa + CFA: what users run (`--speed default --memory full`)
-  default_fp8attn  default + fp8 self-attention (diffhdr.fp8_attention), bf16 GEMMs: `--fp8_attention`
-  fp8            default + fp8 GEMMs
-  fp8attn        fp8 + fp8 self-attention (diffhdr.fp8_attention): `--speed fast`'s forward
+  default_nocfa  `--speed default --no-fp8_attention --no_cfa`: cuDNN attention, GELU epilogue,
+                 torch.compile, CFA off
+  default        default_nocfa + CFA: `--speed default --no-fp8_attention`, or `--speed default`
+                 where fp8 attention cannot run
+  default_fp8attn  default + fp8 self-attention (diffhdr.fp8_attention): `--speed default` on Hopper
+                 with nvidia-cudnn-frontend (what users run there, with `--memory full`)
+  fp8            default + fp8 GEMMs: `--speed fast --no-fp8_attention`'s forward
+  fp8attn        fp8 + fp8 self-attention: `--speed fast`'s forward
   fast           fp8attn + guidance on the first 30% of the steps, its unconditional forward on every
                  3rd of them (`--speed fast`: diffhdr.pipeline.FAST_GUIDANCE); its time per step is
                  the average over a whole run of --steps steps
@@ -40,7 +46,7 @@ import common  # noqa: E402
 from diffhdr.model import DiffHDRModel  # noqa: E402
 from diffhdr.pipeline import (FAST_GUIDANCE, InferenceSettings, denoise, guidance_plan, make_scheduler,  # noqa: E402
                              set_timesteps)
-from diffhdr.runtime import apply_speed_mode  # noqa: E402
+from diffhdr.runtime import apply_speed_mode, merge_lora  # noqa: E402
 from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
 
 MODES = ("naive", "batched", "default_nocfa", "default", "default_fp8attn", "fp8", "fp8attn", "fast", "low")
@@ -73,8 +79,12 @@ def naive_loop(model, inp, settings, device, times):
     return latents
 
 
-def run_mode(mode, cfg, inp, steps, device, profile=None):
+def run_mode(mode, cfg, inp, steps, device, lora_rank, profile=None):
     transformer = common.build_transformer(cfg, device)
+    if lora_rank:
+        common.add_lora(transformer, lora_rank, b_std=0.01)
+    if mode != "naive":
+        merge_lora(transformer)
     model = DiffHDRModel(transformer, None, None, None, base_model="random")
     if mode == "low":
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
@@ -124,18 +134,20 @@ def main():
     p.add_argument("--naive_steps", type=int, help="steps for naive (its cost per step does not depend on the "
                                                        "schedule; default --steps)")
     p.add_argument("--tag", default="", help="suffix of the JSON name")
+    p.add_argument("--lora_rank", type=int, help="LoRA rank on the main blocks (default 32, tiny 4; 0: none)")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--profile", help="write a kernel-time table of one denoising step of the last mode here")
     a = p.parse_args()
     device = common.device_of(a)
     cfg, (frames, h, w) = (TINY_TRANSFORMER, (9, 32, 32)) if a.tiny else (REAL_TRANSFORMER, (33, 720, 1280))
     inp = inputs(cfg, frames, h, w, device)
+    lora_rank = a.lora_rank if a.lora_rank is not None else 4 if a.tiny else 32
     rows, finals = [], {}
     for mode in a.modes.split(","):
         try:
             steps = a.naive_steps if mode == "naive" and a.naive_steps else a.steps
             last = mode == a.modes.split(",")[-1]
-            latents, row = run_mode(mode, cfg, inp, steps, device, a.profile if last else None)
+            latents, row = run_mode(mode, cfg, inp, steps, device, lora_rank, a.profile if last else None)
             finals[mode] = latents.cpu()
         except Exception as e:  # report the failure, measure the other modes
             traceback.print_exc()
@@ -157,6 +169,7 @@ def main():
                               "error_vs", "rel_err", "psnr_dB"]))
     payload = {"benchmark": "inference_denoising_step_cfg", "environment": common.environment(device),
                "config": {"frames": frames, "height": h, "width": w, "timed_steps": a.steps, "guidance_scale": 7.5,
+                          "lora_rank": lora_rank,
                           "fast_guidance": FAST_GUIDANCE,
                           "tiny": a.tiny, "transformer": dict(cfg)},
                "results": rows}

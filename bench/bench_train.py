@@ -30,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from diffhdr import fp8_attention  # noqa: E402
-from diffhdr.config import ModelConfig  # noqa: E402
-from diffhdr.model import (compile_blocks, discover_lora_targets, enable_gradient_checkpointing,  # noqa: E402
+from diffhdr.model import (compile_blocks, enable_gradient_checkpointing,  # noqa: E402
                            lora_inputs_stay_in_compute_dtype)
 from diffhdr.runtime import use_fp8_training_linears  # noqa: E402
 from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
@@ -52,12 +51,9 @@ def make_inputs(cfg, frames, h, w, device):
 
 
 def build(recipe, cfg, rank, device):
-    from peft import LoraConfig
-
     transformer = common.build_transformer(cfg, device)
     transformer.requires_grad_(False)
-    targets = discover_lora_targets(transformer, "main", ModelConfig().lora_target_suffixes)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
+    common.add_lora(transformer, rank)
     if recipe == "naive":
         transformer.enable_gradient_checkpointing()
     else:

@@ -61,6 +61,26 @@ def build_transformer(config: dict, device, dtype=torch.bfloat16):
     return model.eval()
 
 
+def add_lora(transformer, rank: int, b_std: float = 0.0) -> None:
+    """LoRA of `rank` (alpha = rank) on the main blocks' linears, as train.py places it; B drawn from
+    N(0, b_std) (0: peft's zero start), so that a trained adapter's extra work and weights are there."""
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer
+
+    from diffhdr.config import ModelConfig
+    from diffhdr.model import discover_lora_targets
+
+    targets = discover_lora_targets(transformer, "main", ModelConfig().lora_target_suffixes)
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
+    if b_std:
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for m in transformer.modules():
+                if isinstance(m, LoraLayer):
+                    w = m.lora_B["default"].weight
+                    w.copy_(torch.randn(w.shape, generator=g) * b_std)
+
+
 def sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
