@@ -210,14 +210,15 @@ def apply_speed_mode(model, mode: str, device, memory: str = "full", fp8_attn: b
     if not hooked:
         if mode == "fast":
             log.info("fp8 GEMMs in %d linears", use_fp8_linears(model.transformer))
-        log.info("GELU in the GEMM epilogue of %d FFNs", use_gelu_epilogue(model.transformer))
+        if n := use_gelu_epilogue(model.transformer):  # none under fp8 GEMMs, which have no epilogue
+            log.info("GELU in the GEMM epilogue of %d FFNs", n)
     # fp8 attention computes whole sequences: not under context parallelism, whose shards it would miss
     sharded = getattr(model.transformer, "_parallel_config", None) is not None
     runs = not sharded and fp8_attention.available(device, model.transformer.config.attention_head_dim)
     use = runs and fp8_attn is not False
     if use:
         log.info("fp8 attention in %d self-attention layers", fp8_attention.use_fp8_attention(model.transformer))
-    elif fp8_attn or (fp8_attn is None and not runs):
+    elif fp8_attn is not False:  # wanted, cannot run: a warning only where it was asked for
         log.log(logging.WARNING if fp8_attn else logging.INFO,
                 "fp8 attention needs a Hopper GPU, nvidia-cudnn-frontend (pip install -e .[fp8]), heads of 128 "
                 "and no context parallelism: attention stays bf16")
