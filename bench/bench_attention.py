@@ -45,7 +45,7 @@ def main():
         fwd, both = [], []
         try:
             with ctx:
-                for i in range(11):
+                for _ in range(11):
                     with common.timed(device, fwd):
                         out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
                     with common.timed(device, both):

@@ -12,6 +12,7 @@ subnormal range: the hard case), 4 a peaked one.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,9 @@ def rel(a, b) -> float:
 
 
 def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="also copy the JSON here")
+    out = p.parse_args().out
     torch.manual_seed(0)
     flop = 4 * S * S * D * H
     rows = []
@@ -93,7 +97,7 @@ def main():
                "config": {"batch": B, "heads": H, "tokens": S, "head_dim": D, "margin": fp8_attention.MARGIN,
                           "flop_count": "4 S^2 D H forward, 3.5x that forward + backward"},
                "results": rows}
-    print("wrote", common.write_json("attention_fp8", payload, sys.argv[1] if len(sys.argv) > 1 else None))
+    print("wrote", common.write_json("attention_fp8", payload, out))
 
 
 if __name__ == "__main__":
