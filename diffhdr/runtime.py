@@ -111,18 +111,26 @@ class Float8TrainLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def use_fp8_training_linears(transformer: nn.Module, prefix: str = "blocks.") -> int:
-    """Swap the frozen base linears of the main blocks (inside LoRA wrappers too) for Float8TrainLinear."""
+def _swap_children(root: nn.Module, pick, make) -> int:
+    """Replace every submodule for which pick(its full name, it) holds by make(it); returns how many."""
     swapped = 0
-    for name, module in list(transformer.named_modules()):
-        if not name.startswith(prefix):
-            continue
+    for name, module in list(root.named_modules()):
         for child_name, child in list(module.named_children()):
-            if type(child) is nn.Linear and not child.weight.requires_grad and child.in_features % 16 == 0 \
-                    and child.out_features % 16 == 0:
-                setattr(module, child_name, Float8TrainLinear(child))
+            if pick(f"{name}.{child_name}" if name else child_name, child):
+                setattr(module, child_name, make(child))
                 swapped += 1
     return swapped
+
+
+def _fp8_shaped(child: nn.Module) -> bool:
+    """A plain nn.Linear whose sizes the fp8 GEMMs take (multiples of 16)."""
+    return type(child) is nn.Linear and child.in_features % 16 == 0 and child.out_features % 16 == 0
+
+
+def use_fp8_training_linears(transformer: nn.Module, prefix: str = "blocks.") -> int:
+    """Swap the frozen base linears of the main blocks (inside LoRA wrappers too) for Float8TrainLinear."""
+    return _swap_children(transformer, lambda name, child: name.startswith(prefix) and _fp8_shaped(child)
+                          and not child.weight.requires_grad, Float8TrainLinear)
 
 
 def use_fp8_linears(transformer: nn.Module, prefixes=("blocks.", "vace_blocks."), device=None) -> int:
@@ -130,15 +138,8 @@ def use_fp8_linears(transformer: nn.Module, prefixes=("blocks.", "vace_blocks.")
     moved there and quantised one at a time, so the bf16 model never has to fit. Returns how many."""
     if getattr(transformer, "peft_config", None):
         merge_lora(transformer)
-    swapped = 0
-    for name, module in list(transformer.named_modules()):
-        for child_name, child in list(module.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if type(child) is nn.Linear and full.startswith(prefixes) and child.in_features % 16 == 0 \
-                    and child.out_features % 16 == 0:
-                setattr(module, child_name, Float8Linear(child.to(device) if device is not None else child))
-                swapped += 1
-    return swapped
+    return _swap_children(transformer, lambda name, child: name.startswith(prefixes) and _fp8_shaped(child),
+                          lambda child: Float8Linear(child.to(device) if device is not None else child))
 
 
 def fp8_capable(device) -> bool:
@@ -153,14 +154,11 @@ def merge_lora(transformer: nn.Module) -> int:
     H100. Returns how many layers were folded."""
     from peft.tuners.lora import LoraLayer
 
-    folded = 0
-    for parent in list(transformer.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, LoraLayer):
-                child.merge()
-                setattr(parent, name, child.get_base_layer())
-                folded += 1
-    return folded
+    def fold(layer):
+        layer.merge()
+        return layer.get_base_layer()
+
+    return _swap_children(transformer, lambda name, child: isinstance(child, LoraLayer), fold)
 
 
 class GELUProjection(nn.Module):
@@ -187,14 +185,8 @@ def use_gelu_epilogue(transformer: nn.Module) -> int:
     (not fp8, LoRA merged) for GELUProjection; returns how many."""
     from diffusers.models.activations import GELU
 
-    swapped = 0
-    for module in list(transformer.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is GELU and child.approximate == "tanh" and type(child.proj) is nn.Linear \
-                    and child.proj.bias is not None:
-                setattr(module, name, GELUProjection(child))
-                swapped += 1
-    return swapped
+    return _swap_children(transformer, lambda name, child: type(child) is GELU and child.approximate == "tanh"
+                          and type(child.proj) is nn.Linear and child.proj.bias is not None, GELUProjection)
 
 
 def apply_speed_mode(model, mode: str, device, memory: str = "full", fp8_attn: bool | None = None) -> bool:
