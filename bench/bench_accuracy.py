@@ -36,10 +36,6 @@ from diffhdr.runtime import merge_lora, use_fp8_linears, use_gelu_epilogue  # no
 from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
 
 
-def rel(a, b) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
 def float32_forward(transformer, forward):
     """The forward in float32 with the model's bf16 weights, one block in float32 at a time: all of
     it (17B parameters with the VACE blocks) would take 68 GB. bf16 -> float32 -> bf16 is exact."""
@@ -108,7 +104,8 @@ def main():
     use_fp8_linears(transformer)
     out["fast"] = forward(torch.bfloat16)
 
-    rows = [{"variant": k, "rel_err_vs_fp32": rel(v, ref), "rel_err_vs_naive_bf16": rel(v, out["naive_bf16"]),
+    rows = [{"variant": k, "rel_err_vs_fp32": common.rel_err(v, ref),
+             "rel_err_vs_naive_bf16": common.rel_err(v, out["naive_bf16"]),
              "finite": bool(torch.isfinite(v).all())} for k, v in out.items()]
     print(common.table(rows, list(rows[0])))
     payload = {"benchmark": "forward_accuracy_vs_fp32", "environment": common.environment(device),

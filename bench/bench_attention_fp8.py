@@ -50,10 +50,6 @@ def fwd_bwd(attend, q, k, v, grad):
     return (out, *torch.autograd.grad(out, (q, k, v), grad))
 
 
-def rel(a, b) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="also copy the JSON here")
@@ -80,7 +76,7 @@ def main():
             rows.append({"kernel": name, "temperature": temperature, "fwd_ms": 1e3 * t_fwd,
                          "fwd_TFLOPs": flop / t_fwd / 1e12, "fwd_bwd_ms": 1e3 * t_all,
                          "fwd_bwd_TFLOPs": 3.5 * flop / t_all / 1e12,
-                         **{f"err_{n}": rel(a, b) for n, a, b in zip(("O", "dQ", "dK", "dV"), got, ref)},
+                         **{f"err_{n}": common.rel_err(a, b) for n, a, b in zip(("O", "dQ", "dK", "dV"), got, ref)},
                          "finite": all(bool(torch.isfinite(x).all()) for x in got)})
             print(common.table(rows[-1:], list(rows[-1])), flush=True)
         for r in rows[-1:]:

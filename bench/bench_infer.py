@@ -120,10 +120,6 @@ def run_mode(mode, cfg, inp, steps, device, lora_rank, profile=None):
                      "peak_GiB": common.peak_gib(device)}
 
 
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
 def psnr(a, b):
     return 10 * math.log10(4.0 / max(((a - b) ** 2).mean().item(), 1e-20))
 
@@ -160,7 +156,7 @@ def main():
         ref = REFERENCE.get(r["mode"])
         same = ref in finals and next(x["steps"] for x in rows if x["mode"] == ref) == r.get("steps")
         if r["mode"] in finals and same:
-            r["error_vs"], r["rel_err"] = ref, rel_err(finals[r["mode"]], finals[ref])
+            r["error_vs"], r["rel_err"] = ref, common.rel_err(finals[r["mode"]], finals[ref])
             r["psnr_dB"] = psnr(finals[r["mode"]], finals[ref])
         if naive_s and "s_per_step" in r:
             r["speedup_vs_naive"] = naive_s / r["s_per_step"]

@@ -64,14 +64,12 @@ def build_transformer(config: dict, device, dtype=torch.bfloat16):
 def add_lora(transformer, rank: int, b_std: float = 0.0) -> None:
     """LoRA of `rank` (alpha = rank) on the main blocks' linears, as train.py places it; B drawn from
     N(0, b_std) (0: peft's zero start), so that a trained adapter's extra work and weights are there."""
-    from peft import LoraConfig
     from peft.tuners.lora import LoraLayer
 
     from diffhdr.config import ModelConfig
-    from diffhdr.model import discover_lora_targets
+    from diffhdr.model import DiffHDRModel
 
-    targets = discover_lora_targets(transformer, "main", ModelConfig().lora_target_suffixes)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
+    DiffHDRModel(transformer, None, None, None).add_lora(ModelConfig(lora_rank=rank, lora_alpha=float(rank)))
     if b_std:
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
@@ -79,6 +77,11 @@ def add_lora(transformer, rank: int, b_std: float = 0.0) -> None:
                 if isinstance(m, LoraLayer):
                     w = m.lora_B["default"].weight
                     w.copy_(torch.randn(w.shape, generator=g) * b_std)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 error of a against the reference b, in float32."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def sync(device):
