@@ -6,7 +6,8 @@
 Writes out/exr/frame_%05d.exr, out/preview.mp4, out/settings.json (and with --hdr10_preview
 out/preview_hdr10.mp4).
 On several GPUs, `torchrun --nproc_per_node N inference.py ...` splits the DiT's tokens over them
-(context parallelism, --context_parallel); rank 0 writes the outputs.
+(context parallelism, --context_parallel) or, with --cfg_parallel, the two guidance branches over
+two halves of them; rank 0 writes the outputs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from diffhdr.io import InputError, read_image, read_video
 from diffhdr.lora_io import load_any_lora
 from diffhdr.model import DiffHDRModel
 from diffhdr.outputs import prepare_output_dir, write_outputs
-from diffhdr.parallel import CP_KINDS, enable_context_parallel, init_distributed, local_device
+from diffhdr.parallel import CP_KINDS, finish_distributed, init_distributed, local_device, setup_parallelism
 from diffhdr.pipeline import FAST_GUIDANCE, PRESETS, InferenceSettings, encode_texts, reconstruct
 from diffhdr.prompting import parse_prompt
 from diffhdr.runtime import MEMORY_MODES, SPEED_MODES, apply_memory_mode, apply_speed_mode, merge_lora
@@ -72,6 +73,9 @@ def parse_args(argv):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--context_parallel", choices=CP_KINDS, default="ulysses",
                    help="attention across GPUs when launched with torchrun on several processes")
+    p.add_argument("--cfg_parallel", action="store_true",
+                   help="several GPUs: the conditional and unconditional forwards of guided steps on two halves "
+                        "of them (each half splits its tokens by --context_parallel)")
     p.add_argument("--overwrite", action="store_true", help="replace frames already in --output_dir")
     p.add_argument("--hdr10_preview", action="store_true",
                    help="also write preview_hdr10.mp4 (HEVC Main10, PQ, BT.2020; linear 1.0 = 203 cd/m2)")
@@ -103,6 +107,8 @@ def main(argv=None):
     a = parse_args(argv)
     settings = settings_from_args(a)
     rank, world = init_distributed(a.device)
+    if a.cfg_parallel and (world < 2 or settings.guidance_scale == 1.0):
+        raise InputError("--cfg_parallel needs torchrun with 2 or more processes and guidance (--guidance_scale > 1)")
     device = local_device(a.device)
     out = prepare_output_dir(Path(a.output_dir), a.overwrite) if rank == 0 else None
     color, base = {"gamma": 2.2, "M": 1000.0}, a.base_model
@@ -135,21 +141,21 @@ def main(argv=None):
     texts = encode_texts(model, caption, settings, device)
     model.text_encoder.to("cpu")  # not needed again: leave the GPU to the DiT
     memory = apply_memory_mode(model, a.memory, device)
-    if world > 1:
-        enable_context_parallel(model.transformer, a.context_parallel)
+    cfg_parallel = setup_parallelism(model.transformer, a.context_parallel, a.cfg_parallel, device) if world > 1 else None
     fp8_attn = apply_speed_mode(model, a.speed, device, memory, fp8_attn=a.fp8_attention)
     log.info("%d frames %dx%d, gamma=%g M=%g, preset=%s memory=%s speed=%s", len(frames), frames.shape[-1],
              frames.shape[-2], color["gamma"], color["M"], a.preset, memory, a.speed)
     hdr = reconstruct(model, frames, caption, color["gamma"], color["M"], settings, reference, device=device,
-                      texts=texts, progress=rank == 0)
-    if rank != 0:
-        return
-    record = {"input_video": a.input_video, "lora_checkpoint": a.lora_checkpoint, "base_model": str(base),
-              "prompt": a.prompt, "preset": a.preset, "gamma": color["gamma"], "M": color["M"],
-              "speed": a.speed, "fp8_attention": fp8_attn, "memory": memory, "gpus": world, "fps": fps,
-              "settings": dataclasses.asdict(settings)}
-    write_outputs(out, hdr, fps, record, hdr10=a.hdr10_preview)
-    log.info("wrote %d EXR frames and preview.mp4 to %s", len(hdr), out)
+                      texts=texts, progress=rank == 0, cfg_parallel=cfg_parallel)
+    if rank == 0:
+        record = {"input_video": a.input_video, "lora_checkpoint": a.lora_checkpoint, "base_model": str(base),
+                  "prompt": a.prompt, "preset": a.preset, "gamma": color["gamma"], "M": color["M"],
+                  "speed": a.speed, "fp8_attention": fp8_attn, "memory": memory, "gpus": world,
+                  "parallel": {"cfg": a.cfg_parallel, "context": a.context_parallel} if world > 1 else None,
+                  "fps": fps, "settings": dataclasses.asdict(settings)}
+        write_outputs(out, hdr, fps, record, hdr10=a.hdr10_preview)
+        log.info("wrote %d EXR frames and preview.mp4 to %s", len(hdr), out)
+    finish_distributed()
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def main(argv=None):
     acc = Accelerator(mixed_precision=t.mixed_precision, log_with="wandb" if cfg.use_wandb else None,
                       fsdp_plugin=fsdp_plugin(t.mixed_precision))
     set_seed(t.seed)
-    log.info("%d process(es), %s", acc.num_processes, acc.distributed_type.value)
+    log.info("%d process(es) (%s), mixed precision: %s", acc.num_processes,
+             acc.distributed_type.value.lower().replace("_", " "), acc.mixed_precision)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = resolve_backbone(cfg.model.backbone)
@@ -121,6 +122,13 @@ def main(argv=None):
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
     if cfg.model.compile and acc.device.type == "cuda":  # after sharding, block by block (as FSDP2 wants)
+        if acc.distributed_type == DistributedType.MULTI_GPU:
+            # Dynamo's DDP optimizer splits each compiled block at gradient-bucket boundaries, and the
+            # pieces then run rng-functionalised cuDNN attention under the selective-checkpoint mode,
+            # which has no rule for it (NotImplementedError ... graphsafe_run_with_rng_state, on 2
+            # H200s). The blocks are compiled one by one already, so DDP still overlaps its
+            # all-reduce with the backward of the next block.
+            torch._dynamo.config.optimize_ddp = False
         compile_blocks(model.transformer)
 
     # ---- data: draw numbers are a pure function of the step, so resume continues the stream

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -13,6 +14,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"  # 12:34:56 INFO d
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    """The spec's format, from the main process: other ranks of a torchrun / accelerate launch
+    print warnings and errors only, so every line appears once."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     for noisy in ("httpx", "urllib3", "diffusers", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

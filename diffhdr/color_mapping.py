@@ -84,9 +84,12 @@ def srgb_to_linear(s):
 
 
 def linear_to_srgb(x):
-    """IEC 61966-2-1 inverse EOTF: linear -> encoded, clipped to [0, 1]."""
-    x = _clip(x, 0.0, 1.0)
-    return _where(x <= 0.0031308, 12.92 * x, 1.055 * _clip(x, 0.0031308, None) ** (1 / 2.4) - 0.055)
+    """IEC 61966-2-1 inverse EOTF: linear -> encoded, clipped to [0, 1]. Radiance >= 1 encodes to
+    exactly 1, as a camera's clipped pixel is 255: in float32 the formula gives 0.99999994 at 1,
+    which 8-bit truncation would make 254 (the release clamps after the curve, so it gets 255)."""
+    x = _clip(x, 0.0, None)
+    s = _where(x <= 0.0031308, 12.92 * x, 1.055 * _clip(x, 0.0031308, 1.0) ** (1 / 2.4) - 0.055)
+    return _where(x >= 1.0, 1.0, s)
 
 
 def luminance(rgb, channel_axis: int = -1):

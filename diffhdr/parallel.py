@@ -1,9 +1,15 @@
-"""Inference across GPUs: context parallelism through diffusers (Ulysses or ring attention).
+"""Inference across GPUs: CFG-parallel and context parallelism (Ulysses or ring attention).
 
-Every rank runs the same pipeline on the same inputs; inside the DiT the video tokens are split
-into equal contiguous shards, one per rank, and only self-attention talks across ranks
-(all-to-all for Ulysses, rotating K/V for ring). Cross-attention reads the whole text on every
-rank, so it stays local; the CFA gates are sharded exactly like the tokens they route.
+The ranks form a mesh (cfg, ring, ulysses):
+- cfg (2 with --cfg_parallel, else 1): as xDiT does, one half of the ranks computes the
+  conditional forward of a guided step and the other half the unconditional one; the two
+  predictions are exchanged (one all-gather of a latent-sized tensor per step). Steps without
+  guidance compute the conditional forward on both halves.
+- ring x ulysses (the rest): context parallelism through diffusers. Every rank of a branch runs
+  the same pipeline on the same inputs; inside the DiT the video tokens are split into equal
+  contiguous shards, one per rank, and only self-attention talks across ranks (all-to-all for
+  Ulysses, rotating K/V for ring). Cross-attention reads the whole text on every rank, so it
+  stays local; the CFA gates are sharded exactly like the tokens they route.
 
 WanVACETransformer3DModel ships no `_cp_plan` (plain Wan does). VACE_CP_PLAN is the Wan plan plus
 the VACE branch: the rotary tables are split as they are made; the first VACE block receives the
@@ -12,12 +18,14 @@ blocks only chain their own (already split) context; the hints they return are a
 main stream; the output is gathered before `proj_out`'s result is unpatchified.
 
     torchrun --nproc_per_node 4 inference.py ... --context_parallel ulysses
+    torchrun --nproc_per_node 2 inference.py ... --cfg_parallel      # 2 GPUs: the two CFG branches
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -61,14 +69,55 @@ def local_device(device: str) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if d.type == "cuda" else d
 
 
-def enable_context_parallel(transformer, kind: str = "ulysses") -> None:
-    """Shard the DiT's tokens over all ranks of the initialised process group."""
+def finish_distributed() -> None:
+    """Leave the process group (NCCL warns at exit otherwise); a no-op for one process."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+@dataclass
+class CFGParallel:
+    """This rank's place among the two CFG branches: `branch` 0 computes the conditional forward,
+    1 the unconditional one; `group` joins it with its counterpart of the other branch."""
+
+    group: object  # torch.distributed.ProcessGroup
+    branch: int
+
+    def exchange(self, mine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's prediction in, (conditional, unconditional) out, the same on every rank."""
+        both = mine.new_empty((2 * mine.shape[0], *mine.shape[1:]))
+        dist.all_gather_into_tensor(both, mine.contiguous(), group=self.group)
+        return both.chunk(2)
+
+
+def setup_parallelism(transformer, kind: str, cfg_parallel: bool, device) -> CFGParallel | None:
+    """Arrange the ranks of the initialised process group as (cfg, ring, ulysses) and apply the
+    context parallelism of the last two to the DiT. Returns this rank's CFG branch, or None."""
+    world = dist.get_world_size()
+    branches = 2 if cfg_parallel else 1
+    if world % branches:
+        raise InputError(f"--cfg_parallel splits the GPUs into two halves: {world} GPUs do not")
+    cp = world // branches
+    shape = {"cfg": branches, "ring": cp if kind == "ring" else 1, "ulysses": cp if kind == "ulysses" else 1}
+    mesh = dist.device_mesh.init_device_mesh(torch.device(device).type, tuple(shape.values()),
+                                             mesh_dim_names=tuple(shape))
+    if cp > 1:
+        enable_context_parallel(transformer, kind, mesh)
+    if not cfg_parallel:
+        return None
+    log.info("CFG-parallel: the two guidance branches on %d GPU(s) each", cp)
+    return CFGParallel(mesh["cfg"].get_group(), mesh.get_local_rank("cfg"))
+
+
+def enable_context_parallel(transformer, kind: str, mesh) -> None:
+    """Shard the DiT's tokens over the ring x ulysses dimensions of `mesh` (this rank's slice)."""
     from diffusers import ContextParallelConfig
     from diffusers.models._modeling_parallel import ParallelConfig
 
     if kind not in CP_KINDS:
         raise ValueError(f"context parallelism must be one of {CP_KINDS}")
-    world = dist.get_world_size()
+    world = mesh["ring", "ulysses"].size()
     heads = transformer.config.num_attention_heads
     if kind == "ulysses" and heads % world:
         raise InputError(f"Ulysses needs the {heads} attention heads divisible by the {world} GPUs; use ring")
@@ -77,7 +126,7 @@ def enable_context_parallel(transformer, kind: str = "ulysses") -> None:
         if not gpu:
             raise InputError("ring attention needs a GPU kernel that returns the log-sum-exp; on CPU use ulysses")
         transformer.set_attention_backend("_native_cudnn")  # the default SDPA path returns no LSE
-    cp = ContextParallelConfig(**{f"{kind}_degree": world})
+    cp = ContextParallelConfig(**{f"{kind}_degree": world}, mesh=mesh)
     if gpu:
         transformer.enable_parallelism(config=cp, cp_plan=vace_cp_plan())
     else:
@@ -85,9 +134,8 @@ def enable_context_parallel(transformer, kind: str = "ulysses") -> None:
         # rank % torch.accelerator.device_count(), which is 0 here; the same steps, on the CPU.
         from diffusers.hooks.context_parallel import apply_context_parallel
 
-        mesh = dist.device_mesh.init_device_mesh("cpu", cp.mesh_shape, mesh_dim_names=cp.mesh_dim_names)
         config = ParallelConfig(context_parallel_config=cp)
-        config.setup(dist.get_rank(), world, torch.device("cpu"), mesh=mesh)
+        config.setup(dist.get_rank(), dist.get_world_size(), torch.device("cpu"), mesh=mesh)
         transformer._parallel_config = config
         for module in transformer.modules():
             if hasattr(getattr(module, "processor", None), "_parallel_config"):

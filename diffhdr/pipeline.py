@@ -219,9 +219,12 @@ def _gates(over: torch.Tensor, under: torch.Tensor, patch, with_reference: bool)
 
 @torch.no_grad()
 def denoise(
-    model, context, cond, uncond, noise, settings: InferenceSettings, gates=None, progress: bool = True
+    model, context, cond, uncond, noise, settings: InferenceSettings, gates=None, progress: bool = True,
+    cfg_parallel=None,
 ) -> torch.Tensor:
-    """Denoise one window. context (1, 96, T', h, w), noise (1, 16, T', h, w) -> latents."""
+    """Denoise one window. context (1, 96, T', h, w), noise (1, 16, T', h, w) -> latents.
+    `cfg_parallel` (diffhdr.parallel.CFGParallel): this rank computes one branch of each guided
+    step and receives the other's."""
     scheduler = make_scheduler(model, settings)
     timesteps = set_timesteps(scheduler, settings, noise.device)
     latents = noise.float()
@@ -242,7 +245,10 @@ def denoise(
     direction = None  # cond - uncond, the guidance direction of the last "full" step
     with cfa_enabled(model.transformer, state, settings.cfa_vace) if use_cfa else contextlib.nullcontext():
         for t, kind in tqdm(zip(timesteps, plan), total=len(plan), desc="steps", leave=False, disable=not progress):
-            if kind == "full" and settings.batch_cfg:
+            if kind == "full" and cfg_parallel is not None:
+                mine = ((cond, gate_on), (uncond, gate_off))[cfg_parallel.branch]
+                p_cond, p_uncond = cfg_parallel.exchange(velocity(latents, t, *mine))
+            elif kind == "full" and settings.batch_cfg:
                 both = tuple(None if a is None else torch.cat([a, b]) for a, b in zip(gate_on, gate_off))
                 p_cond, p_uncond = velocity(torch.cat([latents, latents]), t, torch.cat([cond, uncond]), both).chunk(2)
             else:
@@ -277,11 +283,12 @@ def reconstruct(
     device=None,
     progress: bool = True,
     texts: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    cfg_parallel=None,
 ) -> torch.Tensor:
     """sRGB frames (T, 3, H, W) in [0, 1] -> linear HDR (T, 3, H, W), >= 0, float32 on the CPU.
 
     `texts`: (cond, uncond) from `encode_texts`, when the caller encoded them already (and moved
-    the text encoder off the GPU)."""
+    the text encoder off the GPU). `cfg_parallel`: see `denoise`."""
     device = device or model.transformer.device
     T = frames.shape[0]
     frames, (H, W) = pad_to_multiple(frames)
@@ -317,7 +324,7 @@ def reconstruct(
             z = torch.cat([ref_noise, z], dim=2)
         check_token_split(model.transformer, z.shape[2] // patch[0] * (h // patch[1]) * (w // patch[2]))
         gates = _gates(cond.over[sl], cond.under[sl], patch, ref is not None) if settings.cfa else None
-        lat = denoise(model, context, text_c, text_u, z.to(device), settings, gates, progress).cpu()
+        lat = denoise(model, context, text_c, text_u, z.to(device), settings, gates, progress, cfg_parallel).cpu()
         if ref is not None:
             lat = lat[:, :, 1:]
         if settings.prev_window_reference and k + 1 < len(starts):

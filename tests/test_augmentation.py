@@ -49,3 +49,17 @@ def test_grey_fill_under_always_over_sometimes():
     cfg = AugmentationConfig(over_fill_prob=1.0)
     out = grey_fill(ldr, over, under, torch.Generator().manual_seed(0), cfg)
     assert torch.all(out[:, :, 0] == 0.5)
+
+
+def test_clipped_radiance_quantises_to_255():
+    """A real 8-bit video is 255 where it clipped: so must the training LDR be (radiance >= 1)."""
+    import numpy as np
+
+    from diffhdr.color_mapping import linear_to_srgb
+
+    hdr = torch.tensor([1.0, 1.0000001, 1.5, 64.0, 0.5]).view(1, 1, 1, 5).expand(2, 3, 1, 5).contiguous()
+    cfg = AugmentationConfig(noise_prob=0.0)
+    ldr = synthesize_ldr(hdr, torch.Generator().manual_seed(0), cfg, ev=0).ldr
+    codes = (ldr * 255).round().to(torch.uint8)
+    assert codes[..., :4].eq(255).all() and codes[..., 4].lt(255).all()
+    assert float(linear_to_srgb(np.float32(1.0))) == 1.0

@@ -179,7 +179,8 @@ def test_cli_writes_half_exr_preview_and_settings(tmp_path, checkpoint):
 
 def test_context_parallel_matches_one_process(tmp_path, checkpoint):
     """torchrun, 2 CPU processes (gloo), Ulysses: the DiT's tokens split over the ranks, CFA gates
-    sharded like them, the reference frame included; the EXRs equal a one-process run's. (Ring
+    sharded like them, the reference frame included; and CFG-parallel: the EXRs equal a
+    one-process run's. (Ring
     attention needs the log-sum-exp only GPU kernels return: not testable here.)"""
     from diffhdr.io import read_exr
 
@@ -196,6 +197,17 @@ def test_context_parallel_matches_one_process(tmp_path, checkpoint):
     for name in ("frame_00000.exr", "frame_00019.exr"):
         a, b = read_exr(tmp_path / "one" / "exr" / name), read_exr(tmp_path / "cp" / "exr" / name)
         assert np.abs(a - b).max() <= 1e-3 * max(np.abs(a).max(), 1.0)
+    # CFG-parallel: rank 0 the conditional forwards, rank 1 the unconditional ones
+    proc = run_script("-m", "torch.distributed.run", "--nproc_per_node", 2, *args, "--output_dir", tmp_path / "cfg",
+                      "--cfg_parallel")
+    assert "CFG-parallel: the two guidance branches on 1 GPU(s) each" in proc.stderr
+    assert proc.stderr.count("wrote 20 EXR frames") == 1  # logs from the main process only
+    for name in ("frame_00000.exr", "frame_00019.exr"):
+        a, b = read_exr(tmp_path / "one" / "exr" / name), read_exr(tmp_path / "cfg" / "exr" / name)
+        assert np.abs(a - b).max() <= 1e-3 * max(np.abs(a).max(), 1.0)
+    bad = run_script("-m", "torch.distributed.run", "--nproc_per_node", 2, *args, "--output_dir", tmp_path / "g1",
+                     "--cfg_parallel", "--guidance_scale", 1, check=False)
+    assert bad.returncode != 0 and "--cfg_parallel needs" in bad.stderr
     # 7 latent frames x 3 x 5 token rows and columns = 105 tokens: one line, before any denoising
     bad = run_script("-m", "torch.distributed.run", "--nproc_per_node", 2, *args, "--output_dir", tmp_path / "odd",
                      "--height", 48, check=False)
