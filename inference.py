@@ -21,7 +21,7 @@ import torch
 
 from diffhdr.checkpoint import check_checkpoint, read_color_config
 from diffhdr.cli import run
-from diffhdr.io import InputError, read_image, read_video
+from diffhdr.io import InputError, read_image, read_json, read_video
 from diffhdr.lora_io import load_any_lora
 from diffhdr.model import DiffHDRModel
 from diffhdr.outputs import prepare_output_dir, write_outputs
@@ -82,8 +82,9 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def settings_from_args(a) -> InferenceSettings:
-    s = dataclasses.replace(InferenceSettings(), **PRESETS[a.preset])
+def settings_from_args(a, model_defaults: dict | None = None) -> InferenceSettings:
+    """Preset, then the base model's own defaults (diffhdr_defaults.json), then --speed fast, then flags."""
+    s = dataclasses.replace(InferenceSettings(), **PRESETS[a.preset], **(model_defaults or {}))
     if a.speed == "fast":
         s = dataclasses.replace(s, **FAST_GUIDANCE)
     overrides = {f.name: getattr(a, f.name) for f in dataclasses.fields(s) if getattr(a, f.name, None) is not None}
@@ -103,14 +104,14 @@ def load_frames(a) -> tuple[torch.Tensor, float]:
     return x, fps
 
 
+def model_defaults(base: Path) -> dict | None:
+    """gamma, M and inference defaults a packaged model stores with itself (scripts/package_mini.py)."""
+    path = base / "diffhdr_defaults.json"
+    return read_json(path) if path.is_file() else None
+
+
 def main(argv=None):
     a = parse_args(argv)
-    settings = settings_from_args(a)
-    rank, world = init_distributed(a.device)
-    if a.cfg_parallel and (world < 2 or settings.guidance_scale == 1.0):
-        raise InputError("--cfg_parallel needs torchrun with 2 or more processes and guidance (--guidance_scale > 1)")
-    device = local_device(a.device)
-    out = prepare_output_dir(Path(a.output_dir), a.overwrite) if rank == 0 else None
     color, base = {"gamma": 2.2, "M": 1000.0}, a.base_model
     if a.lora_checkpoint:
         ckpt = Path(a.lora_checkpoint)
@@ -124,6 +125,15 @@ def main(argv=None):
         base = base or color.get("base_model")
     if not base:
         raise InputError("no base model: pass --base_model (the checkpoint does not name one)")
+    defaults = model_defaults(resolve_backbone(base))
+    if defaults and not a.lora_checkpoint:  # a model trained whole (DiffHDR-mini) carries its own
+        color = {"gamma": defaults["gamma"], "M": defaults["M"]}
+    settings = settings_from_args(a, defaults.get("inference") if defaults else None)
+    rank, world = init_distributed(a.device)
+    if a.cfg_parallel and (world < 2 or settings.guidance_scale == 1.0):
+        raise InputError("--cfg_parallel needs torchrun with 2 or more processes and guidance (--guidance_scale > 1)")
+    device = local_device(a.device)
+    out = prepare_output_dir(Path(a.output_dir), a.overwrite) if rank == 0 else None
     frames, fps = load_frames(a)
     reference = None
     if a.reference_image:

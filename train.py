@@ -27,7 +27,7 @@ from diffhdr.cli import run
 from diffhdr import fp8_attention
 from diffhdr.config import ConfigError, load_config
 from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate
-from diffhdr.lora_io import adapter_state
+from diffhdr.lora_io import trained_state
 from diffhdr.model import DiffHDRModel, compile_blocks, lora_inputs_stay_in_compute_dtype, torch_dtype
 from diffhdr.prompting import TextCache
 from diffhdr.runtime import use_fp8_training_linears
@@ -75,11 +75,11 @@ def main(argv=None):
 
     # ---- model: frozen base, LoRA, checks
     model = DiffHDRModel.from_pretrained(base, dtype=torch_dtype(cfg.model.dtype))
-    targets = model.add_lora(cfg.model)
+    targets = model.add_lora(cfg.model) if cfg.model.lora_rank else model.train_whole() or []
     for p in model.transformer.parameters():
         if p.requires_grad:  # LoRA weights train in float32 whatever the base dtype
             p.data = p.data.float()
-    if t.mixed_precision != "no":
+    if t.mixed_precision != "no" and targets:
         lora_inputs_stay_in_compute_dtype(model.transformer)
     for line in preflight(model, targets, cfg):
         if acc.is_main_process:
@@ -151,7 +151,7 @@ def main(argv=None):
 
     def save(name):
         # every rank: under FSDP these gather the shards of the LoRA and of its optimizer state
-        lora, optim = adapter_state(model.transformer), optimizer_state(dit, optimizer.optimizer)
+        lora, optim = trained_state(model.transformer), optimizer_state(dit, optimizer.optimizer)
         if acc.is_main_process:
             training_state = {"optimizer": optim, "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
             save_checkpoint(out / checkpoint_name(name), model.transformer, color, step, training_state, lora)

@@ -5,10 +5,11 @@
 #     stopped, then resumed to 20; the two loss curves are printed side by side;
 #  2. the same stopped and resumed through FSDP2 (configs/accelerate/fsdp.yaml);
 #  3. inference: one process against Ulysses, ring and CFG-parallel on N processes, EXRs compared.
-# Usage: bash bench/gpu_multi.sh OUTDIR [N]
+# Usage: bash bench/gpu_multi.sh OUTDIR [N] [train|infer|all]
 set -uo pipefail
 out=${1:-/tmp/gpu_multi}
 n=${2:-2}
+what=${3:-all}
 mkdir -p "$out"
 work=$(mktemp -d)
 export DIFFHDR_TINY_DIR=$work/tiny
@@ -82,7 +83,7 @@ for d in sorted(w.iterdir()):
     print(f"{d.name:28s} max|diff|/max {np.abs(x - one).max() / np.abs(one).max():.4f}  mean|diff| {np.abs(x - one).mean():.5f}")
 PY
 }
-train_checks &
-infer_checks &
+[ "$what" = infer ] || train_checks &
+[ "$what" = train ] || infer_checks &
 wait
 rm -rf "$work"

@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 
 from .io import InputError, atomic_path, read_json
-from .lora_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter
+from .lora_io import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FULL_DIR, load_adapter, load_transformer_weights, save_adapter,
+                      save_transformer)
 
 COLOR_CONFIG = "color_mapping_config.json"
 STEP_FILE = "step.txt"
 STATE_FILE = "training_state.pt"
-REQUIRED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, COLOR_CONFIG, STEP_FILE)
+REQUIRED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, COLOR_CONFIG, STEP_FILE)  # a LoRA run's; a whole-DiT run has transformer/
 
 
 def checkpoint_name(step: int | str) -> str:
@@ -37,12 +38,16 @@ def save_checkpoint(
     directory: Path, transformer, color: dict, step: int, training_state: dict | None = None,
     lora_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """`lora_state`: adapter_state(transformer), gathered by every rank beforehand under FSDP."""
+    """`lora_state`: trained_state(transformer), gathered by every rank beforehand under FSDP: the
+    LoRA, or for a transformer trained whole (no LoRA) every weight, in transformer/."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_adapter(transformer, tmp, lora_state)
+    if getattr(transformer, "peft_config", None):
+        save_adapter(transformer, tmp, lora_state)
+    else:
+        save_transformer(transformer, tmp / FULL_DIR, lora_state)
     (tmp / COLOR_CONFIG).write_text(json.dumps(color, indent=2))
     (tmp / STEP_FILE).write_text(f"{step}\n")
     if training_state is not None:
@@ -98,7 +103,8 @@ def check_checkpoint(directory: Path) -> None:
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"{directory}: checkpoint folder not found")
-    missing = [f for f in REQUIRED if not (directory / f).is_file()]
+    need = (COLOR_CONFIG, STEP_FILE) if (directory / FULL_DIR).is_dir() else REQUIRED
+    missing = [f for f in need if not (directory / f).is_file()]
     if missing:
         raise InputError(f"{directory}: checkpoint lacks {', '.join(missing)}")
 
@@ -111,7 +117,8 @@ def read_step(directory: Path) -> int:
 
 
 def load_for_resume(directory: Path, transformer, gamma: float, M: float) -> tuple[int, dict | None]:
-    """Fill the LoRA from a checkpoint written with the same gamma/M; return (step, training state)."""
+    """Fill the LoRA (or the whole transformer) from a checkpoint written with the same gamma/M;
+    return (step, training state)."""
     directory = Path(directory)
     check_checkpoint(directory)
     color = read_color_config(directory)
@@ -120,7 +127,10 @@ def load_for_resume(directory: Path, transformer, gamma: float, M: float) -> tup
             f"{directory / COLOR_CONFIG}: written with gamma={color['gamma']}, M={color['M']}; "
             f"the config says gamma={gamma}, M={M}"
         )
-    load_adapter(transformer, directory)
+    if (directory / FULL_DIR).is_dir():
+        load_transformer_weights(transformer, directory / FULL_DIR)
+    else:
+        load_adapter(transformer, directory)
     state = None
     if (directory / STATE_FILE).is_file():
         state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     backbone: str = "models/Wan2.1-VACE-14B-diffusers"  # local diffusers directory, or "tiny"
-    lora_rank: int = 32
+    lora_rank: int = 32  # 0: no LoRA, the whole transformer trains (small models from scratch)
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
     # "main": LoRA on the main DiT blocks (the spec); "vace": on vace_blocks.* (the release).

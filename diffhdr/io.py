@@ -20,6 +20,7 @@ from .color_mapping import (HDR_REFERENCE_WHITE_NITS, REC709_CHROMATICITIES, hdr
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 HDR_EXTS = (".exr", ".hdr", ".pic")
+HALF_MAX = 65504.0
 
 
 class InputError(ValueError):
@@ -103,6 +104,8 @@ def write_exr(path: str | Path, rgb: np.ndarray, half: bool = True) -> None:
     """Write linear Rec.709 RGB (H, W, 3) as a ZIP-compressed EXR with Rec.709 chromaticities."""
     import OpenEXR
 
+    if half:  # half float's largest finite value; a sun peak beyond it would become inf
+        rgb = np.minimum(rgb, HALF_MAX)
     rgb = np.ascontiguousarray(rgb, dtype=np.float16 if half else np.float32)
     header = {
         "compression": OpenEXR.ZIP_COMPRESSION,
@@ -154,7 +157,8 @@ def _decode_rgbe(data: bytes) -> np.ndarray:
     out = np.empty((h, w, 4), dtype=np.uint8)
     i = 0
     for y in range(h):
-        if 8 <= w < 32768 and buf[i] == 2 and buf[i + 1] == 2 and (buf[i + 2] << 8 | buf[i + 3]) == w:
+        # int(): numpy's uint8 would shift the high byte out (Poly Haven's 1024-wide files read as flat)
+        if 8 <= w < 32768 and buf[i] == 2 and buf[i + 1] == 2 and (int(buf[i + 2]) << 8 | int(buf[i + 3])) == w:
             i += 4
             for c in range(4):
                 x = 0

@@ -23,6 +23,7 @@ from .io import InputError, atomic_path
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+FULL_DIR, FULL_WEIGHTS = "transformer", "diffusion_pytorch_model.safetensors"  # a transformer trained whole
 PEFT_PREFIX = "base_model.model."
 
 # Wan / DiffSynth module names -> diffusers names, for the modules LoRA touches.
@@ -58,6 +59,32 @@ def _lora_state(transformer) -> dict[str, torch.Tensor]:
 def adapter_state(transformer) -> dict[str, torch.Tensor]:
     """What adapter_model.safetensors holds. Under FSDP every rank must call it (it gathers)."""
     return {PEFT_PREFIX + k: v for k, v in _lora_state(transformer).items()}
+
+
+def trained_state(transformer) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores: the LoRA (adapter_state), or every weight of a transformer trained
+    whole (model.lora_rank 0). Under FSDP every rank must call it (it gathers)."""
+    if getattr(transformer, "peft_config", None):
+        return adapter_state(transformer)
+    return {k: _whole(v).detach().cpu().contiguous() for k, v in transformer.state_dict().items()}
+
+
+def save_transformer(transformer, directory: Path, state: dict[str, torch.Tensor]) -> None:
+    """A transformer trained whole, in diffusers' layout (config.json + safetensors)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    transformer.save_config(directory)
+    with atomic_path(directory / FULL_WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+
+
+def load_transformer_weights(transformer, directory: Path) -> None:
+    path = Path(directory) / FULL_WEIGHTS
+    if not path.is_file():
+        raise InputError(f"{directory}: no {FULL_WEIGHTS}")
+    try:
+        transformer.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{path}: weights do not fit the base model ({str(e).splitlines()[1].strip()})") from None
 
 
 def _scale(transformer) -> float:
@@ -163,6 +190,9 @@ def load_reference_lora(transformer, path: Path) -> int:
 def load_any_lora(transformer, path: Path) -> str:
     """A checkpoint folder (ours) or a single .safetensors file in the release's layout."""
     path = Path(path)
+    if (path / FULL_DIR).is_dir():
+        load_transformer_weights(transformer, path / FULL_DIR)
+        return "whole transformer"
     if path.is_dir():
         load_adapter(transformer, path)
         return "adapter"

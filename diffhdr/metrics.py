@@ -199,3 +199,12 @@ METRICS = {
     "dover": MetricInfo(False, False, True, "the authors' DOVER code + DOVER.pth (no PyPI package)"),
 }
 BENCHMARKS = {"sihdr": ["hdrvdp3", "pu21_piqe", "fid"], "cinematic": ["fovvideovdp", "dover", "musiq", "clipiqa"]}
+
+
+def stop_error(pred: np.ndarray, gt: np.ndarray, clipped: np.ndarray, eps: float = 1e-3) -> dict[str, float]:
+    """Mean |log2 L_pred - log2 L_gt| in stops (luminance, eps added), inside the pixels the input
+    LDR clipped (`clipped`, (T, H, W) bool) and elsewhere. Both at the LDR's scale (white = 1)."""
+    err = np.abs(np.log2(luminance(pred) + eps) - np.log2(luminance(gt) + eps))
+    inside = float(err[clipped].mean()) if clipped.any() else float("nan")
+    outside = float(err[~clipped].mean()) if (~clipped).any() else float("nan")
+    return {"stops_clipped": inside, "stops_elsewhere": outside, "clipped_fraction": float(clipped.mean())}

@@ -202,6 +202,11 @@ class DiffHDRModel(nn.Module):
         self.lora_targets = targets
         return targets
 
+    def train_whole(self) -> None:
+        """Every transformer weight trains (model.lora_rank 0): for a small model trained from
+        scratch, such as DiffHDR-mini. The 14B recipe stays LoRA."""
+        self.transformer.requires_grad_(True)
+
     def parameter_counts(self) -> tuple[int, int]:
         params = list(self.transformer.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

@@ -32,6 +32,11 @@ TINY_TRANSFORMER = dict(
     vace_in_channels=96,
 )
 TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
+# DiffHDR-mini's untrained base (scripts/train_mini.sh trains its VAE and DiT): 9.3M + 3.2M parameters
+MINI_TRANSFORMER = TINY_TRANSFORMER | dict(num_attention_heads=4, attention_head_dim=64, freq_dim=64, ffn_dim=1024,
+                                           num_layers=6, vace_layers=[0, 3])
+MINI_VAE = TINY_VAE | dict(base_dim=32)
+MINI_DIR = Path(__file__).resolve().parent / "mini"  # the trained model, shipped with the package
 TINY_UMT5 = dict(
     vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
     relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
@@ -68,8 +73,9 @@ def _tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def write_tiny_model(path: str | Path, seed: int = 0) -> Path:
-    """Create the tiny model directory (idempotent; atomic by renaming a finished temp folder)."""
+def write_tiny_model(path: str | Path, seed: int = 0, transformer: dict = TINY_TRANSFORMER, vae: dict = TINY_VAE) -> Path:
+    """Create the tiny model directory (idempotent; atomic by renaming a finished temp folder);
+    other transformer / VAE configs give other random bases (MINI_*)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -78,8 +84,8 @@ def write_tiny_model(path: str | Path, seed: int = 0) -> Path:
         return path
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.manual_seed(seed)
-    WanVACETransformer3DModel(**TINY_TRANSFORMER).save_pretrained(tmp / "transformer")
-    AutoencoderKLWan(**TINY_VAE).save_pretrained(tmp / "vae")
+    WanVACETransformer3DModel(**transformer).save_pretrained(tmp / "transformer")
+    AutoencoderKLWan(**vae).save_pretrained(tmp / "vae")
     UMT5EncoderModel(UMT5Config(**TINY_UMT5)).save_pretrained(tmp / "text_encoder")
     _tokenizer().save_pretrained(tmp / "tokenizer")
     UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0).save_pretrained(
@@ -110,9 +116,12 @@ def write_tiny_model(path: str | Path, seed: int = 0) -> Path:
 
 
 def resolve_backbone(backbone: str) -> Path:
-    """'tiny' -> the built-in tiny model directory (written on first use); else the path itself."""
+    """'tiny' -> the built-in tiny model directory (written on first use); 'mini' -> the shipped
+    DiffHDR-mini; else the path itself."""
     if backbone == "tiny":
         return write_tiny_model(default_tiny_dir())
+    if backbone == "mini":
+        return MINI_DIR
     return Path(backbone)
 
 

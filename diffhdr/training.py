@@ -73,6 +73,8 @@ def preflight(model, targets: list[str], cfg: Config) -> list[str]:
     trainable, total = model.parameter_counts()
     pct = 100.0 * trainable / total
     assert pct > 0.0, "no trainable parameters: was requires_grad_(False) called after adding LoRA?"
+    if cfg.model.lora_rank == 0:  # the whole transformer trains (a small model from scratch)
+        return [f"[DiffHDR] Transformer trained whole: {trainable:,} parameters (model.lora_rank 0)"]
     assert pct < 5.0, f"trainable fraction {pct:.2f}% > 5%: LoRA targets too many layers"
     if cfg.model.lora_branch == "main":
         bad = [n for n, p in model.transformer.named_parameters() if p.requires_grad and n.startswith("vace_blocks.")]

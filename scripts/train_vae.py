@@ -1,0 +1,127 @@
+"""Train a small Wan VAE as an autoencoder of Log-Gamma frames (for a model trained from scratch).
+
+    python scripts/train_vae.py --model_dir mini_base --dataset_root data/hdri/train --steps 1500
+
+The 14B recipe never trains the VAE (the spec: it stays frozen). A small base such as DiffHDR-mini
+starts from random weights, so its VAE first learns what the DiT will see through it: HDR targets
+(Log-Gamma at EV -1..+2) and the LDR conditions (8-bit sRGB -> linear -> Log-Gamma, with the
+inactive/reactive split of the VACE context). Loss: L1 + MSE of the reconstruction in [-1, 1],
+plus a small KL. At the end the latents' per-channel mean and std go into the VAE config
+(latents_mean / latents_std), so the DiT sees normalised latents, as with Wan's own VAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from diffhdr.cli import run
+
+log = logging.getLogger("diffhdr.train_vae")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_dir", required=True, help="base model folder whose vae/ is trained in place")
+    p.add_argument("--dataset_root", required=True, help="sequence folders (frame_%%05d.exr)")
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
+    p.add_argument("--batch_size", type=int, default=4, help="clips per step")
+    p.add_argument("--clip", type=int, nargs=3, default=[9, 128, 128], metavar=("T", "H", "W"), help="clip size")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
+    p.add_argument("--kl", type=float, default=1e-6, help="weight of the KL term")
+    p.add_argument("--gamma", type=float, default=2.2, help="Log-Gamma gamma (as the DiT's config)")
+    p.add_argument("--M", type=float, default=1000.0, help="Log-Gamma M (as the DiT's config)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every draw")
+    p.add_argument("--workers", type=int, default=8, help="data loader processes")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    return p.parse_args(argv)
+
+
+def vae_inputs(hdr: torch.Tensor, g: torch.Generator, a) -> torch.Tensor:
+    """(B, T, 3, H, W) linear HDR -> (B, 3, T, H, W) in [-1, 1]: half HDR targets, half LDR
+    conditions, some of those split by their over-exposure mask as the VACE context is."""
+    from diffhdr.color_mapping import log_gamma_encode, srgb_to_linear, to_vae_range
+    from diffhdr.config import AugmentationConfig, MaskConfig
+    from diffhdr.data_augmentation import synthesize_ldr
+    from diffhdr.mask_detection import detect_masks
+
+    out = []
+    for clip in hdr:
+        s = synthesize_ldr(clip, g, AugmentationConfig())
+        if torch.rand((), generator=g) < 0.5:
+            x = s.hdr
+        else:
+            x = srgb_to_linear(s.ldr)
+            if torch.rand((), generator=g) < 0.5:
+                over, _ = detect_masks(s.ldr, MaskConfig(), training=True)
+                keep = over[:, None] > 0.5 if torch.rand((), generator=g) < 0.5 else over[:, None] <= 0.5
+                x = torch.where(keep, x, srgb_to_linear(torch.tensor(0.5)))  # the zero of [-1, 1]
+        out.append(to_vae_range(log_gamma_encode(x, a.gamma, a.M)).permute(1, 0, 2, 3))
+    return torch.stack(out)
+
+
+class Clips(torch.utils.data.Dataset):
+    """Clip number i: a random crop of a random sequence, drawn from (seed, i), as VAE input."""
+
+    def __init__(self, a):
+        from diffhdr.dataset import count_frames, list_sequences
+
+        self.a, self.seqs = a, list_sequences(a.dataset_root)
+        self.counts = [count_frames(s, "frame_%05d.exr") for s in self.seqs]
+
+    def __len__(self):
+        return 10**9
+
+    def __getitem__(self, i):
+        from diffhdr.dataset import read_frames, resize_to_cover
+
+        T, H, W = self.a.clip
+        g = torch.Generator().manual_seed(self.a.seed * 1_000_003 + i)
+        k = int(torch.randint(len(self.seqs), (), generator=g))
+        start = int(torch.randint(self.counts[k] - T + 1, (), generator=g))
+        x = resize_to_cover(read_frames(self.seqs[k], "frame_%05d.exr", start, T), H, W)
+        top = int(torch.randint(x.shape[-2] - H + 1, (), generator=g))
+        left = int(torch.randint(x.shape[-1] - W + 1, (), generator=g))
+        return vae_inputs(x[None, ..., top : top + H, left : left + W], g, self.a)[0]
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(a.seed)
+    vae_dir = Path(a.model_dir) / "vae"
+    vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=torch.float32).to(a.device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, weight_decay=0.0)
+    loader = iter(torch.utils.data.DataLoader(Clips(a), batch_size=a.batch_size, num_workers=a.workers))
+
+    def batch():
+        return next(loader).to(a.device)
+
+    bar = tqdm(range(a.steps), desc="vae")
+    for step in bar:
+        x = batch()
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=None)).sample
+        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + a.kl * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == a.steps - 1:
+            log.info("step=%d/%d loss=%.5f", step + 1, a.steps, loss.item())
+    vae.eval()
+    with torch.no_grad():  # latent statistics, for the normalisation the DiT sees
+        z = torch.cat([vae.encode(batch()).latent_dist.mode() for _ in range(8)])
+        dims = (0, 2, 3, 4)
+        vae.register_to_config(latents_mean=z.mean(dims).tolist(), latents_std=z.std(dims).clamp_min(1e-3).tolist())
+    vae.save_pretrained(vae_dir)
+    log.info("saved %s (latent std %s)", vae_dir, [round(v, 3) for v in vae.config.latents_std])
+
+
+if __name__ == "__main__":
+    run(main)
