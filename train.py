@@ -26,13 +26,13 @@ from diffhdr.checkpoint import (checkpoint_name, latest_checkpoint, load_for_res
 from diffhdr.cli import run
 from diffhdr import fp8_attention
 from diffhdr.config import ConfigError, load_config
-from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate
+from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate, ignore_sigterm
 from diffhdr.lora_io import trained_state
 from diffhdr.model import DiffHDRModel, compile_blocks, lora_inputs_stay_in_compute_dtype, torch_dtype
 from diffhdr.prompting import TextCache
 from diffhdr.runtime import use_fp8_training_linears
 from diffhdr.tiny import resolve_backbone
-from diffhdr.training import (batch_loss, fsdp_plugin, lr_lambda, preflight, step_generator, validation_loss,
+from diffhdr.training import (StepClock, batch_loss, fsdp_plugin, lr_lambda, preflight, step_generator, validation_loss,
                               write_validation_sample)
 
 log = logging.getLogger("diffhdr.train")
@@ -137,7 +137,7 @@ def main(argv=None):
     sampler = DrawSampler(start=step * micro_per_step * t.batch_size, rank=acc.process_index, world=acc.num_processes)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
-        persistent_workers=cfg.data.num_workers > 0,
+        persistent_workers=cfg.data.num_workers > 0, worker_init_fn=ignore_sigterm,
     )
     val_set = HDRVideoDataset(cfg, "val", use_cache=False) if cfg.data.val_split else None
     # Every caption is encoded once; the text encoder then leaves the GPU for the DiT's activations.
@@ -168,6 +168,7 @@ def main(argv=None):
     dit.train()
     bar = tqdm(total=last, initial=step, desc="train", disable=not acc.is_main_process)
     first = None
+    clock = StepClock(acc.device, step)
     while step < last:
         loss_sum = 0.0
         for micro in range(micro_per_step):
@@ -194,10 +195,11 @@ def main(argv=None):
         loss_mean = acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean").item()
         if step % t.log_every == 0 or step == last:
             lr = scheduler.get_last_lr()[0]
+            timing = clock.read(step, lambda x: acc.reduce(x, "max"))  # every rank: a collective
             log.info("step=%d/%d loss=%.5f lr=%.2e", step, t.num_steps, loss_mean, lr)
             if acc.is_main_process:
                 with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "loss": loss_mean, "lr": lr}) + "\n")
+                    f.write(json.dumps({"step": step, "loss": loss_mean, "lr": lr} | timing) + "\n")
             if cfg.use_wandb:
                 acc.log({"loss/flow": loss_mean, "lr": lr, "step": step}, step=step)
         if val_set is not None and t.validate_every and step % t.validate_every == 0:

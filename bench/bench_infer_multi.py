@@ -9,6 +9,8 @@ context and text:
   cfg       CFG-parallel: one half of the GPUs the conditional forward, the other the unconditional
   ulysses   context parallelism, all-to-all over heads
   ring      context parallelism, K/V passed round the ranks
+  one_flash rank 0 alone with torch's flash kernel instead of cuDNN: two correct bf16 kernels differ
+            by this much, the yardstick of "equal within bf16 tolerance" (GPU only)
 Each mode times --steps steps after one warm-up step. Accuracy: the latents after the warm-up
 step (one step from the same noise) and after the timed run, against `one`'s.
 """
@@ -32,23 +34,24 @@ from diffhdr.pipeline import InferenceSettings, denoise  # noqa: E402
 from diffhdr.runtime import merge_lora  # noqa: E402
 from diffhdr.tiny import REAL_TRANSFORMER, TINY_TRANSFORMER  # noqa: E402
 
-MODES = ("one", "cfg", "ulysses", "ring")
+MODES = ("one", "cfg", "ulysses", "ring", "one_flash")
+ALONE = ("one", "one_flash")  # rank 0 alone
 
 
-def build(cfg, device):
+def build(cfg, device, backend="_native_cudnn"):
     transformer = common.build_transformer(cfg, device)
     common.add_lora(transformer, 4 if device.type == "cpu" else 32, b_std=0.01)
     merge_lora(transformer)
     if device.type == "cuda":
-        transformer.set_attention_backend("_native_cudnn")
+        transformer.set_attention_backend(backend)
     return DiffHDRModel(transformer, None, None, None, base_model="random")
 
 
 def run_mode(mode, cfg, inp, steps, device):
     """Latents after one step and after `steps`, and the timing row, of one mode on this rank."""
-    model = build(cfg, device)
+    model = build(cfg, device, "_native_flash" if mode == "one_flash" else "_native_cudnn")
     cfg_parallel = None
-    if mode != "one":
+    if mode not in ALONE:
         cfg_parallel = setup_parallelism(model.transformer, "ring" if mode == "ring" else "ulysses", mode == "cfg",
                                          device)
     args = (model, inp["context"], inp["cfa_cond"], inp["uncond"].repeat(1, 4, 1), inp["noise"])
@@ -58,7 +61,7 @@ def run_mode(mode, cfg, inp, steps, device):
         settings = InferenceSettings(num_inference_steps=n, guidance_scale=7.5, scheduler="euler")
         with common.timed(device, times):
             latents.append(denoise(*args, settings, inp["gates"], progress=False, cfg_parallel=cfg_parallel).cpu())
-    row = {"mode": mode, "gpus": 1 if mode == "one" else dist.get_world_size(), "s_per_step": times[1] / steps,
+    row = {"mode": mode, "gpus": 1 if mode in ALONE else dist.get_world_size(), "s_per_step": times[1] / steps,
            "warmup_s": times[0], "peak_GiB": common.peak_gib(device)}
     del model, args
     common.free(device)
@@ -75,8 +78,9 @@ def main():
     cfg, (frames, h, w) = (TINY_TRANSFORMER, (9, 32, 32)) if a.tiny else (REAL_TRANSFORMER, (33, 720, 1280))
     inp = inputs(cfg, frames, h, w, device)
     rows, firsts, finals = [], {}, {}
-    for mode in a.modes.split(","):
-        if mode != "one" or rank == 0:  # `one`: the others wait; one GPU's time, measured in this run
+    modes = [m for m in a.modes.split(",") if m != "one_flash" or device.type == "cuda"]
+    for mode in modes:
+        if mode not in ALONE or rank == 0:  # the others wait; one GPU's time, measured in this run
             firsts[mode], finals[mode], row = run_mode(mode, cfg, inp, a.steps, device)
             rows.append(row)
         dist.barrier()

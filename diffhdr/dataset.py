@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,12 @@ class Item:
     sequence: str
     start: int
     hybrid: bool = False  # the release's text-to-video sample (prompting.is_hybrid)
+
+
+def ignore_sigterm(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the main process, which finishes its step and checkpoints.
+    SLURM and `timeout` signal the whole process group: a worker killed by it failed that last step."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def collate(items: list[Item]) -> dict:

@@ -1,7 +1,8 @@
 """DiffHDRModel: Wan-2.1-VACE transformer + LoRA, frozen float32 VAE, frozen UMT5 text encoder.
 
-Shapes: pixel video (B, 3, T, H, W) in [-1, 1]; latents (B, 16, T', H/8, W/8), T' = (T - 1) / 4 + 1;
-VACE context (B, 96, T', H/8, W/8) = inactive (16) + reactive (16) latents + mask (64).
+Shapes: pixel video (B, 3, T, H, W) in [-1, 1]; latents (B, C, T', H/8, W/8), T' = (T - 1) / 4 + 1, C the
+VAE's z_dim (16 for Wan 2.1); VACE context (B, 2C + 64, T', H/8, W/8) = inactive (C) + reactive (C)
+latents + mask (64).
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ class DiffHDRModel(nn.Module):
     # ------------------------------------------------------------------ VAE (always float32)
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) in [-1, 1] -> normalised latents (B, 16, T', H/8, W/8), float32."""
+        """(B, 3, T, H, W) in [-1, 1] -> normalised latents (B, C, T', H/8, W/8), float32."""
         with torch.autocast(device_type=video.device.type, enabled=False):
             z = self.vae.encode(video.float()).latent_dist.mode()
             mean, std = _vae_latent_stats(self.vae, z.device)
@@ -237,16 +238,16 @@ class DiffHDRModel(nn.Module):
         """The context WanVACEPipeline builds: VAE(control * (1 - m)), VAE(control * m), mask channels.
 
         control (B, 3, T, H, W) in [-1, 1]; mask (B, T, H, W) binary; reference (B, 3, H, W) in [-1, 1]
-        or None. With a reference, its latent (+16 zero channels) and a zero mask frame lead in time.
+        or None. With a reference, its latent (+C zero channels) and a zero mask frame lead in time.
         """
         m = (mask > 0.5).to(control.dtype)[:, None]  # (B, 1, T, H, W)
         b = control.shape[0]
         # inactive and reactive in one VAE call: the batch elements are independent
         both = self.encode_video(torch.cat([control * (1 - m), control * m]))
-        latents = torch.cat([both[:b], both[b:]], dim=1)  # (B, 32, T', h, w)
+        latents = torch.cat([both[:b], both[b:]], dim=1)  # (B, 2C, T', h, w)
         masks = torch.stack([mask_to_latent(mk) for mk in mask]).to(latents)  # (B, 64, T', h, w)
         if reference is not None:
-            ref = self.encode_video(reference[:, :, None])  # (B, 16, 1, h, w)
+            ref = self.encode_video(reference[:, :, None])  # (B, C, 1, h, w)
             latents = torch.cat([torch.cat([ref, torch.zeros_like(ref)], dim=1), latents], dim=2)
             masks = torch.cat([torch.zeros_like(masks[:, :, :1]), masks], dim=2)
         return torch.cat([latents, masks], dim=1)
@@ -259,7 +260,7 @@ class DiffHDRModel(nn.Module):
     def _dit_forward(
         self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, context: torch.Tensor
     ) -> torch.Tensor:
-        """Velocity prediction (B, 16, T', h, w) for noisy latents at `timestep` (B,) in [0, 1000]."""
+        """Velocity prediction (B, C, T', h, w) for noisy latents at `timestep` (B,) in [0, 1000]."""
         dtype = self.transformer.dtype
         kwargs = dict(hidden_states=latents.to(dtype), timestep=timestep, encoder_hidden_states=text.to(dtype))
         if self.ctx_param is not None:

@@ -137,7 +137,7 @@ def linear_blend_weights(n: int, border: int, first: bool, last: bool) -> torch.
 
 
 def latents_to_hdr(model, latents: torch.Tensor, gamma: float, M: float) -> torch.Tensor:
-    """Normalised latents (1, 16, T', h, w) -> linear HDR (T, 3, H, W) >= 0, on the CPU."""
+    """Normalised latents (1, C, T', h, w) -> linear HDR (T, 3, H, W) >= 0, on the CPU."""
     video = model.decode_latents(latents)[0].cpu()  # (3, T, H, W) in ~[-1, 1]
     return log_gamma_decode(from_vae_range(video).clamp_min(0), gamma, M).clamp_min(0).permute(1, 0, 2, 3)
 
@@ -222,7 +222,7 @@ def denoise(
     model, context, cond, uncond, noise, settings: InferenceSettings, gates=None, progress: bool = True,
     cfg_parallel=None,
 ) -> torch.Tensor:
-    """Denoise one window. context (1, 96, T', h, w), noise (1, 16, T', h, w) -> latents.
+    """Denoise one window. context (1, 2C + 64, T', h, w), noise (1, C, T', h, w) -> latents.
     `cfg_parallel` (diffhdr.parallel.CFGParallel): this rank computes one branch of each guided
     step and receives the other's."""
     scheduler = make_scheduler(model, settings)
@@ -304,12 +304,13 @@ def reconstruct(
     n_lat = (padded - 1) // TEMPORAL + 1
     h, w = frames.shape[-2] // 8, frames.shape[-1] // 8
     g = torch.Generator(device="cpu").manual_seed(settings.seed)
-    noise = torch.randn((1, 16, n_lat, h, w), generator=g)
-    ref_noise = torch.randn((1, 16, 1, h, w), generator=g)  # the extra leading frame a reference adds
+    c = model.transformer.config.in_channels  # the VAE's z_dim: 16 for Wan 2.1
+    noise = torch.randn((1, c, n_lat, h, w), generator=g)
+    ref_noise = torch.randn((1, c, 1, h, w), generator=g)  # the extra leading frame a reference adds
     win = min(settings.window, padded)
     win_lat = (win - 1) // TEMPORAL + 1
     linear = settings.blend == "linear" and len(starts) > 1
-    acc = torch.zeros((padded, 3, *frames.shape[-2:]) if linear else (1, 16, n_lat, h, w), dtype=torch.float64)
+    acc = torch.zeros((padded, 3, *frames.shape[-2:]) if linear else (1, c, n_lat, h, w), dtype=torch.float64)
     wsum = torch.zeros(padded if linear else n_lat, dtype=torch.float64)
     patch = model.transformer.config.patch_size
     prev_ref = None

@@ -5,6 +5,7 @@ so a resumed run continues the exact same stream."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -52,6 +53,27 @@ def batch_loss(model, batch: dict, cfg: Config, g: torch.Generator, device, text
     pred = model._dit_forward(xt, (1000 * sigmas).float().to(device), text, context)
     weights = reference_weight(sigmas, t.timestep_shift) if t.loss_weighting == "reference" else None
     return flow_matching_loss(pred, x0, noise, weights)
+
+
+class StepClock:
+    """Seconds per optimizer step since the last reading, and the peak GPU memory so far (the most
+    any rank used): what metrics.jsonl records next to the loss, for scaling and memory checks.
+    The first reading includes the start-up (compilation, cuDNN plans)."""
+
+    def __init__(self, device: torch.device, step: int):
+        self.device, self.step, self.time = device, step, time.perf_counter()
+
+    def read(self, step: int, reduce_max) -> dict:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        out = {"s_per_step": (now - self.time) / max(step - self.step, 1)}
+        if cuda:
+            peak = torch.tensor(torch.cuda.max_memory_allocated(self.device) / 2**30, device=self.device)
+            out["peak_gib"] = reduce_max(peak).item()
+        self.step, self.time = step, now
+        return out
 
 
 def lr_lambda(cfg: Config):

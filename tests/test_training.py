@@ -134,16 +134,17 @@ def test_cached_latents_give_the_same_loss(tmp_path, tiny_cfg):
 
 
 def test_sigterm_leaves_a_complete_checkpoint_that_resumes(tmp_path, dataset_root):
+    # SLURM and `timeout` signal the whole process group, data-loader workers included
     out = tmp_path / "o"
-    cfg = write_config(tmp_path / "c.yaml", data={"dataset_root": str(dataset_root)},
+    cfg = write_config(tmp_path / "c.yaml", data={"dataset_root": str(dataset_root), "num_workers": 2},
                        training={"num_steps": 100000, "log_every": 1, "checkpoint_every": 100000,
                                  "validate_every": 0}, output_dir=str(out))
     proc = subprocess.Popen([sys.executable, "train.py", "--config", str(cfg)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode == 0
     ckpts = sorted(out.glob("checkpoint-0*"))
