@@ -29,6 +29,7 @@ from diffhdr.config import ConfigError, load_config
 from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate, ignore_sigterm
 from diffhdr.lora_io import trained_state
 from diffhdr.model import DiffHDRModel, compile_blocks, lora_inputs_stay_in_compute_dtype, torch_dtype
+from diffhdr.parallel import finish_distributed
 from diffhdr.prompting import TextCache
 from diffhdr.runtime import use_fp8_training_linears
 from diffhdr.tiny import resolve_backbone
@@ -211,10 +212,12 @@ def main(argv=None):
             log.info("SIGTERM: stopped at step %d after checkpointing", step)
             bar.close()
             acc.end_training()
+            finish_distributed()
             return 0
     bar.close()
     save("final")
     acc.end_training()
+    finish_distributed()  # else a rank can hang at exit on NCCL's watchdog (seen under FSDP2, 2 H200s)
     return 0
 
 

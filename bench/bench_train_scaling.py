@@ -18,8 +18,10 @@ must repeat.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +82,48 @@ def launch(kind: str, n: int, a) -> tuple[list[str], dict]:
     return acc + ["--num_processes", str(n), *script], dict(os.environ)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc). torchrun starts its workers in sessions of their own,
+    so killing the launcher's process group leaves them running, on the GPUs the next run needs."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def call(cmd: list[str], env: dict, timeout: float) -> int:
+    """Run a launch to the end, or kill it and every process below it at `timeout` (exit -9)."""
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    try:
+        return p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [p.pid, *descendants(p.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        p.wait()
+        return -9
+
+
+def wait_for_free_gpus(limit_s: float = 90.0) -> None:
+    """A killed run's GPU memory comes back some seconds after its processes die; the next run
+    must not start into it (it did: an out-of-memory at 80 GB that was the previous run's)."""
+    end = time.time() + limit_s
+    while torch.cuda.is_available() and time.time() < end:
+        if all(torch.cuda.mem_get_info(i)[0] > 0.9 * torch.cuda.mem_get_info(i)[1]
+               for i in range(torch.cuda.device_count())):
+            return
+        time.sleep(2)
+
+
 def metrics(out: Path) -> list[dict]:
     f = out / "metrics.jsonl"
     return [json.loads(line) for line in f.read_text().splitlines()] if f.is_file() else []
@@ -90,21 +134,21 @@ def run(kind: str, n: int, base: Path, data: Path, a, shape) -> dict:
     subprocess.run(["rm", "-rf", str(out)], check=True)
     out.mkdir(parents=True)
     cfg = config(base, data, out, a, *shape)
+    wait_for_free_gpus()
     t0 = time.perf_counter()
     cmd, env = launch(kind, n, a)
-    first = subprocess.run(cmd + ["--config", str(cfg)], cwd=ROOT, env=env)
-    row = {"run": f"{kind} x{n}", "gpus": n, "exit": first.returncode, "wall_s": time.perf_counter() - t0}
+    code = call(cmd + ["--config", str(cfg)], env, a.run_timeout)
+    row = {"run": f"{kind} x{n}", "gpus": n, "exit": code, "wall_s": time.perf_counter() - t0}
     m = metrics(out)
     timed = [r["s_per_step"] for r in m[1:] if "s_per_step" in r]
     row |= {"steps": len(m), "s_per_step": sum(timed) / len(timed) if timed else None,
             "first_step_s": m[0].get("s_per_step") if m else None,
             "peak_gib": max((r["peak_gib"] for r in m if "peak_gib" in r), default=None),
             "losses": [r["loss"] for r in m]}
-    if a.resume and n > 1 and first.returncode == 0 and len(m) >= 2:
-        again = subprocess.run(cmd + ["--config", str(cfg), "--resume_from_checkpoint", str(out / "checkpoint-000001"),
-                                      "--max_steps", "2"], cwd=ROOT, env=env)
+    if a.resume and n > 1 and code == 0 and len(m) >= 2:
+        row["resume_exit"] = call(cmd + ["--config", str(cfg), "--resume_from_checkpoint",
+                                         str(out / "checkpoint-000001"), "--max_steps", "2"], env, a.run_timeout)
         resumed = metrics(out)[len(m):]
-        row["resume_exit"] = again.returncode
         row["resumed_step2_loss"] = resumed[0]["loss"] if resumed else None
     return row
 
@@ -117,6 +161,7 @@ def main():
     p.add_argument("--accumulation", type=int, default=4, help="micro-steps per optimizer step (paper: 4)")
     p.add_argument("--gib", type=float, default=80.0, help="GPU memory cap per process")
     p.add_argument("--runs", default="ddp1,ddp,fsdp", help="which of ddp1 (one GPU), ddp, fsdp")
+    p.add_argument("--run_timeout", type=float, default=1800, help="seconds before a run is killed")
     p.add_argument("--resume", action="store_true", help="resume each distributed run from step 1")
     p.add_argument("--work", default="runs/bench_train_scaling", help="base model, clips and runs")
     a = p.parse_args()
@@ -128,20 +173,22 @@ def main():
     for r in a.runs.split(","):
         rows.append(run("ddp" if r == "ddp1" else r, 1 if r == "ddp1" else a.gpus, base, data, a, shape))
         print(common.table(rows[-1:], ["run", "exit", "s_per_step", "peak_gib"]), flush=True)
+        report(rows, a, shape)  # after every run: a later one may not finish
+    print(common.table(rows, ["run", "exit", "s_per_step", "efficiency", "peak_gib", "first_step_s",
+                              "resumed_step2_loss"]))
+
+
+def report(rows: list[dict], a, shape) -> None:
     one = next((r for r in rows if r["gpus"] == 1 and r["s_per_step"]), None)
     for r in rows:
         if one and r["gpus"] > 1 and r["s_per_step"]:
             r["efficiency"] = one["s_per_step"] / r["s_per_step"]
-    print(common.table(rows, ["run", "exit", "s_per_step", "efficiency", "peak_gib", "first_step_s",
-                              "resumed_step2_loss"]))
-    device = "cpu" if a.tiny else "cuda"
-    payload = {"benchmark": "train_py_scaling", "environment": common.environment(device),
+    payload = {"benchmark": "train_py_scaling", "environment": common.environment("cpu" if a.tiny else "cuda"),
                "config": {"layers": a.layers, "clip": list(shape), "accumulation": a.accumulation, "steps": a.steps,
                           "gib_cap": a.gib, "gpus": a.gpus, "tiny": a.tiny,
                           "train_yaml": "configs/train.yaml (backbone, data, length, logging replaced)"},
                "results": rows}
-    name = f"train_scaling{a.gpus}_{'tiny' if a.tiny else f'{a.layers}L'}"
-    print("wrote", common.write_json(name, payload, a.out))
+    common.write_json(f"train_scaling{a.gpus}_{'tiny' if a.tiny else f'{a.layers}L'}", payload, a.out)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,9 @@ def test_context_parallel_matches_one_process(tmp_path, checkpoint):
     bad = run_script("-m", "torch.distributed.run", "--nproc_per_node", 2, *args, "--output_dir", tmp_path / "g1",
                      "--cfg_parallel", "--guidance_scale", 1, check=False)
     assert bad.returncode != 0 and "--cfg_parallel needs" in bad.stderr
+    bad = run_script("-m", "torch.distributed.run", "--nproc_per_node", 2, *args, "--output_dir", tmp_path / "ring",
+                     "--context_parallel", "ring", check=False)
+    assert bad.returncode != 0 and "--context_parallel ring is refused" in bad.stderr
     # 7 latent frames x 3 x 5 token rows and columns = 105 tokens: one line, before any denoising
     bad = run_script("-m", "torch.distributed.run", "--nproc_per_node", 2, *args, "--output_dir", tmp_path / "odd",
                      "--height", 48, check=False)
