@@ -3,9 +3,16 @@
     python evaluate.py --pred_dir output/exr/ --gt_dir groundtruth/exr/ --metrics all --benchmark sihdr
     python evaluate.py --pred_dir output/exr/ --metrics pu21_piqe
     python evaluate.py --tonemap --pred_dir output/exr/ --output pngs/     # EXR -> PNG (for FID, for looking)
+    python evaluate.py --pred_dir output/exr/ --gt_dir gt/ --ldr input.mp4 --metrics stops_clipped,stops_elsewhere
 
 --pred_dir holds EXR frames, or one folder per sequence (each with EXR frames or an exr/ folder);
---gt_dir mirrors it. Writes <output>/scores.json, per_frame.csv, per_sequence.csv and per_frame.png.
+--gt_dir mirrors it. --ldr is the 8-bit input the predictions were made from (a video or a folder of
+frames; for several sequences, a folder holding one per sequence, named as the sequence): it adds
+stops_clipped / stops_elsewhere, the mean |log2 L_pred - log2 L_gt| inside the pixels the input
+clipped (every channel >= 250, allowing for the codec) and elsewhere. The ground truth must be at the
+input's exposure (white = 1, as inference.py writes), or --align_exposure scales it there by the
+median ratio over the input's well-exposed pixels. Writes <output>/scores.json, per_frame.csv,
+per_sequence.csv and per_frame.png.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import numpy as np
 
 from diffhdr import metrics as M
 from diffhdr.cli import run
-from diffhdr.io import InputError, atomic_path, read_exr
+from diffhdr.io import IMAGE_EXTS, InputError, atomic_path, read_exr, read_video
 from diffhdr.outputs import preview_frames
 
 log = logging.getLogger("diffhdr.evaluate")
@@ -31,6 +38,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pred_dir", required=True)
     p.add_argument("--gt_dir")
+    p.add_argument("--ldr", help="the 8-bit input video(s) of the predictions: adds the stop errors")
+    p.add_argument("--align_exposure", action="store_true",
+                   help="scale the ground truth to the --ldr input's exposure before the stop errors")
     p.add_argument("--metrics", default="all", help=f"comma list of {', '.join(M.METRICS)}, or 'all'")
     p.add_argument("--benchmark", choices=sorted(M.BENCHMARKS), help="the paper's metric set for that table")
     p.add_argument("--peak_nits", type=float, default=1000.0, help="P99.9 luminance is scaled to this (cd/m^2)")
@@ -82,7 +92,8 @@ def choose_metrics(a) -> list[str]:
     if a.benchmark:
         names = M.BENCHMARKS[a.benchmark] if a.metrics == "all" else a.metrics.split(",")
     elif a.metrics == "all":
-        names = [m for m, info in M.METRICS.items() if a.gt_dir or not info.needs_gt]
+        names = [m for m, info in M.METRICS.items()
+                 if (a.gt_dir or not info.needs_gt) and (a.ldr or not info.needs_ldr)]
     else:
         names = [m.strip() for m in a.metrics.split(",") if m.strip()]
     unknown = [m for m in names if m not in M.METRICS]
@@ -91,7 +102,23 @@ def choose_metrics(a) -> list[str]:
     need_gt = [m for m in names if M.METRICS[m].needs_gt]
     if need_gt and not a.gt_dir:
         raise InputError(f"{', '.join(need_gt)} need --gt_dir (ground-truth EXR frames)")
+    need_ldr = [m for m in names if M.METRICS[m].needs_ldr]
+    if need_ldr and not a.ldr:
+        raise InputError(f"{', '.join(need_ldr)} need --ldr (the 8-bit input of the predictions)")
     return names
+
+
+def find_ldr(root: Path, names: list[str]) -> dict[str, Path]:
+    """{sequence: its 8-bit input}: `root` itself for one sequence, else root/<name>[.ext]."""
+    if len(names) == 1 and (root.is_file() or any(p.suffix.lower() in IMAGE_EXTS for p in root.glob("*"))):
+        return {names[0]: root}
+    found = {}
+    for n in names:
+        match = sorted(p for p in root.glob(f"{n}*") if p.stem == n)
+        if not match:
+            raise InputError(f"{root}: no input video or frame folder named {n}")
+        found[n] = match[0]
+    return found
 
 
 def write_pngs(video: np.ndarray, out: Path) -> None:
@@ -103,9 +130,16 @@ def write_pngs(video: np.ndarray, out: Path) -> None:
             Image.fromarray(f).save(tmp, format="PNG")
 
 
-def score_sequence(name, pred, gt, names, a, out: Path, folders: tuple[Path, Path | None]) -> tuple[dict, dict]:
+def score_sequence(name, pred, gt, names, a, out: Path, folders: tuple[Path, Path | None],
+                   ldr: np.ndarray | None) -> tuple[dict, dict]:
     """(per-frame {metric: values}, per-sequence {metric: value})."""
     per_frame, per_seq = {}, {}
+    if ldr is not None:
+        if ldr.shape[:3] != pred.shape[:3]:
+            raise InputError(f"{name}: the input is {len(ldr)} frames of {ldr.shape[2]}x{ldr.shape[1]}, "
+                             f"the prediction {len(pred)} of {pred.shape[2]}x{pred.shape[1]}")
+        stops = M.stops_per_frame(pred, gt * M.ldr_scale(gt, ldr) if a.align_exposure else gt, ldr)
+        per_frame |= {m: stops[m] for m in names if m in stops}
     for m in names:
         if m == "log_psnr":
             per_frame[m] = M.log_psnr(pred, gt)
@@ -125,8 +159,8 @@ def score_sequence(name, pred, gt, names, a, out: Path, folders: tuple[Path, Pat
             per_seq[m] = M.fid(out / "png" / "pred" / name, out / "png" / "gt" / name, a.weights, a.device)
         elif m == "hdrvdp3":
             per_seq[m] = M.hdrvdp3(folders[0], folders[1], a.hdrvdp3_path, a.peak_nits)
-    for m, values in per_frame.items():
-        per_seq[m] = float(np.mean(values))
+    for m, values in per_frame.items():  # frames without clipped pixels have no stops_clipped (NaN)
+        per_seq[m] = float(np.mean(values[~np.isnan(values)])) if (~np.isnan(values)).any() else math.nan
     return per_frame, per_seq
 
 
@@ -173,16 +207,18 @@ def main(argv=None):
         else:
             raise InputError(f"{a.pred_dir} and {a.gt_dir} hold different sequences: "
                              f"{sorted(set(preds) ^ set(gts))[:5]}")
+    ldrs = find_ldr(Path(a.ldr), list(preds)) if a.ldr else {}
     per_frame, per_seq = {}, {}
     for name, folder in preds.items():
         pred = load_frames(folder)
         gt = load_frames(gts[name]) if gts else None
+        ldr = read_video(ldrs[name])[0] if ldrs else None
         if gt is not None and pred.shape != gt.shape:
             raise InputError(f"{folder} vs {gts[name]}: prediction is {pred.shape[0]} frames of "
                              f"{pred.shape[2]}x{pred.shape[1]}, ground truth {gt.shape[0]} of {gt.shape[2]}x{gt.shape[1]}")
         per_frame[name], per_seq[name] = score_sequence(name, pred, gt, names, a, out,
-                                                        (folder, gts[name] if gts else None))
-    mean = {m: float(np.mean([s[m] for s in per_seq.values() if m in s])) for m in names}
+                                                        (folder, gts[name] if gts else None), ldr)
+    mean = {m: float(np.nanmean([s[m] for s in per_seq.values() if m in s] or [math.nan])) for m in names}
     write_reports(out, names, per_frame, per_seq, mean, a)
     width = max(len(m) for m in names)
     print(f"{'metric'.ljust(width)}  mean over {len(per_seq)} sequence(s)")

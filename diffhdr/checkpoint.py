@@ -27,6 +27,7 @@ from .lora_io import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FULL_DIR, load_adapter, l
 COLOR_CONFIG = "color_mapping_config.json"
 STEP_FILE = "step.txt"
 STATE_FILE = "training_state.pt"
+MODEL_DEFAULTS = "diffhdr_defaults.json"  # in a packaged base model (scripts/package_mini.py)
 REQUIRED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, COLOR_CONFIG, STEP_FILE)  # a LoRA run's; a whole-DiT run has transformer/
 
 
@@ -140,3 +141,10 @@ def load_for_resume(directory: Path, transformer, gamma: float, M: float) -> tup
 def latest_checkpoint(output_dir: Path) -> Path | None:
     ckpts = sorted(p for p in Path(output_dir).glob("checkpoint-[0-9]*") if p.is_dir())
     return ckpts[-1] if ckpts else None
+
+
+def model_defaults(base: Path) -> dict | None:
+    """gamma, M and inference defaults a packaged model stores with itself (scripts/package_mini.py),
+    or None for a plain diffusers base."""
+    path = Path(base) / MODEL_DEFAULTS
+    return read_json(path) if path.is_file() else None

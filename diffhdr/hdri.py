@@ -58,9 +58,9 @@ def camera_rays(h: int, w: int, yaw: float, pitch: float, fov: float) -> np.ndar
     d = np.stack([xx, -yy, np.full_like(xx, f)], axis=-1)  # camera looks along +z, y up
     d /= np.linalg.norm(d, axis=-1, keepdims=True)
     p, t = math.radians(pitch), math.radians(yaw)
-    tilt = np.array([[1, 0, 0], [0, math.cos(p), math.sin(p)], [0, -math.sin(p), math.cos(p)]])
-    turn = np.array([[math.cos(t), 0, math.sin(t)], [0, 1, 0], [-math.sin(t), 0, math.cos(t)]])
-    return d @ tilt @ turn
+    tilt = np.array([[1, 0, 0], [0, math.cos(p), math.sin(p)], [0, -math.sin(p), math.cos(p)]])  # +z up by p
+    turn = np.array([[math.cos(t), 0, math.sin(t)], [0, 1, 0], [-math.sin(t), 0, math.cos(t)]])  # phi += t
+    return d @ tilt.T @ turn.T  # rows are rays: R d for each
 
 
 def directions_to_uv(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

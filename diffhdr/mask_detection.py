@@ -104,19 +104,20 @@ def combine(over: torch.Tensor, under: torch.Tensor, use_under: bool = True) -> 
 
 
 def mask_to_latent(mask: torch.Tensor, spatial: int = 8, temporal: int = 4) -> torch.Tensor:
-    """Pixel mask (T, H, W) -> VACE's mask channels (64, T', H/8, W/8), T' = (T + 3) // 4.
+    """Pixel mask (T, H, W) -> VACE's mask channels (s^2, T', H/s, W/s), s = `spatial` (the VAE's
+    factor, 8 for Wan 2.1), T' = (T + 3) // 4.
 
     The same space-to-depth and `nearest-exact` time resampling as diffusers' WanVACEPipeline.
     """
     t, h, w = mask.shape
     m = mask.float().reshape(t, h // spatial, spatial, w // spatial, spatial)
-    m = m.permute(2, 4, 0, 1, 3).flatten(0, 1)  # (64, T, H/8, W/8)
+    m = m.permute(2, 4, 0, 1, 3).flatten(0, 1)  # (s^2, T, H/s, W/s)
     t_new = (t + temporal - 1) // temporal
     return F.interpolate(m[None], size=(t_new, h // spatial, w // spatial), mode="nearest-exact")[0]
 
 
 def token_gates(mask_latent: torch.Tensor, patch: tuple[int, int, int] = (1, 2, 2), threshold: float = 0.5):
-    """VACE mask channels (64, T', h, w) -> per-token CFA gate (S, 1) on the DiT's patch grid."""
+    """VACE mask channels (s^2, T', h, w) -> per-token CFA gate (S, 1) on the DiT's patch grid."""
     m = mask_latent.float().mean(dim=0, keepdim=True)[None]  # (1, 1, T', h, w)
     m = F.avg_pool3d(m, kernel_size=patch, stride=patch)
     return (m.flatten(2).transpose(1, 2)[0] > threshold).float()  # (S, 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .color_mapping import linear_to_srgb, log_gamma_encode, luminance
+from .color_mapping import linear_to_srgb, log_gamma_encode, luminance, srgb_to_linear
 from .io import InputError
 
 # PU21 "banding_glare" (Mantiuk & Azimi 2021, pu21_encoder.m): V = p7 ((p1 + p2 Y^p4)/(1 + p3 Y^p4))^p5 - p6)
@@ -185,6 +185,7 @@ class MetricInfo:
     per_frame: bool
     higher_is_better: bool
     offline: str  # what it needs offline
+    needs_ldr: bool = False  # the 8-bit input the prediction was made from (evaluate.py --ldr)
 
 
 METRICS = {
@@ -197,14 +198,56 @@ METRICS = {
     "musiq": MetricInfo(False, True, True, "pyiqa + torchvision + MUSIQ weights in $TORCH_HOME/hub/pyiqa"),
     "clipiqa": MetricInfo(False, True, True, "pyiqa + torchvision + CLIP weights in $TORCH_HOME/hub/pyiqa"),
     "dover": MetricInfo(False, False, True, "the authors' DOVER code + DOVER.pth (no PyPI package)"),
+    "stops_clipped": MetricInfo(True, True, False, "nothing", needs_ldr=True),
+    "stops_elsewhere": MetricInfo(True, True, False, "nothing", needs_ldr=True),
 }
 BENCHMARKS = {"sihdr": ["hdrvdp3", "pu21_piqe", "fid"], "cinematic": ["fovvideovdp", "dover", "musiq", "clipiqa"]}
 
 
+def stop_map(pred: np.ndarray, gt: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    """|log2 L_pred - log2 L_gt| per pixel (T, H, W), in stops, luminance with eps added."""
+    return np.abs(np.log2(luminance(pred) + eps) - np.log2(luminance(gt) + eps))
+
+
 def stop_error(pred: np.ndarray, gt: np.ndarray, clipped: np.ndarray, eps: float = 1e-3) -> dict[str, float]:
-    """Mean |log2 L_pred - log2 L_gt| in stops (luminance, eps added), inside the pixels the input
-    LDR clipped (`clipped`, (T, H, W) bool) and elsewhere. Both at the LDR's scale (white = 1)."""
-    err = np.abs(np.log2(luminance(pred) + eps) - np.log2(luminance(gt) + eps))
+    """Mean error in stops (stop_map) inside the pixels the input LDR clipped (`clipped`, (T, H, W)
+    bool) and elsewhere. Both at the LDR's scale (white = 1)."""
+    err = stop_map(pred, gt, eps)
     inside = float(err[clipped].mean()) if clipped.any() else float("nan")
     outside = float(err[~clipped].mean()) if (~clipped).any() else float("nan")
     return {"stops_clipped": inside, "stops_elsewhere": outside, "clipped_fraction": float(clipped.mean())}
+
+
+CLIPPED_CODE = 250  # not 255: a decoded H.264/H.265 video returns a clipped area as 250..255
+
+
+def clipped_pixels(ldr: np.ndarray) -> np.ndarray:
+    """8-bit frames (T, H, W, 3) -> (T, H, W) bool: the pixels a camera clipped (every channel at
+    CLIPPED_CODE or above)."""
+    return (ldr >= CLIPPED_CODE).all(-1)
+
+
+def ldr_scale(gt: np.ndarray, ldr: np.ndarray) -> float:
+    """The factor that brings `gt` to the exposure of the LDR made from it (white = 1): the median
+    ratio of the LDR's linear luminance to gt's over well-exposed pixels (every channel in 26..229)."""
+    ok = ((ldr > 25) & (ldr < 230)).all(-1)
+    y_gt = luminance(gt)[ok]
+    y_ldr = luminance(srgb_to_linear(ldr[ok].astype(np.float32) / 255))
+    keep = y_gt > 0
+    if keep.sum() < 16:
+        return 1.0  # nothing to compare: ground truth taken as given
+    return float(np.median(y_ldr[keep] / y_gt[keep]))
+
+
+def stops_per_frame(pred: np.ndarray, gt: np.ndarray, ldr: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame stop errors inside and outside the pixels `ldr` (uint8, the input) clipped; NaN for
+    a frame with no such pixel. `gt` at the LDR's scale (ldr_scale brings it there)."""
+    err = stop_map(pred, gt)
+    clipped = clipped_pixels(ldr)
+    out = {"stops_clipped": np.full(len(err), np.nan), "stops_elsewhere": np.full(len(err), np.nan)}
+    for i, (e, c) in enumerate(zip(err, clipped)):
+        if c.any():
+            out["stops_clipped"][i] = e[c].mean()
+        if (~c).any():
+            out["stops_elsewhere"][i] = e[~c].mean()
+    return out

@@ -1,8 +1,8 @@
 """DiffHDRModel: Wan-2.1-VACE transformer + LoRA, frozen float32 VAE, frozen UMT5 text encoder.
 
-Shapes: pixel video (B, 3, T, H, W) in [-1, 1]; latents (B, C, T', H/8, W/8), T' = (T - 1) / 4 + 1, C the
-VAE's z_dim (16 for Wan 2.1); VACE context (B, 2C + 64, T', H/8, W/8) = inactive (C) + reactive (C)
-latents + mask (64).
+Shapes: pixel video (B, 3, T, H, W) in [-1, 1]; latents (B, C, T', H/s, W/s), T' = (T - 1) / 4 + 1, C the
+VAE's z_dim and s its spatial factor (16 and 8 for Wan 2.1); VACE context (B, 2C + s^2, T', H/s, W/s) =
+inactive (C) + reactive (C) latents + mask (s^2).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -157,6 +158,13 @@ class DiffHDRModel(nn.Module):
         if self.ctx_param is None:
             log.warning("VACE context parameter not found. Running DiT without context conditioning.")
 
+    @property
+    def spatial(self) -> int:
+        """Pixels per latent, per side: VACE's mask channels are the s x s pixels under a latent
+        (vace_in_channels = 2 z_dim + s^2), 8 for Wan 2.1; DiffHDR-mini's VAE downsamples by 4."""
+        c = self.transformer.config
+        return math.isqrt(c.vace_in_channels - 2 * c.in_channels)
+
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device=None) -> "DiffHDRModel":
@@ -183,6 +191,9 @@ class DiffHDRModel(nn.Module):
 
             scheduler = UniPCMultistepScheduler.from_pretrained(path / "scheduler")
         model = cls(transformer, vae, text_encoder, tokenizer, scheduler, base_model=str(path))
+        if 2 ** len(vae.config.temperal_downsample) != model.spatial:
+            raise InputError(f"{path}: the VAE downsamples by {2 ** len(vae.config.temperal_downsample)}, the "
+                             f"transformer's VACE mask channels expect {model.spatial}")
         return model.to(device) if device is not None else model
 
     # ------------------------------------------------------------------ LoRA
@@ -218,7 +229,7 @@ class DiffHDRModel(nn.Module):
     # ------------------------------------------------------------------ VAE (always float32)
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) in [-1, 1] -> normalised latents (B, C, T', H/8, W/8), float32."""
+        """(B, 3, T, H, W) in [-1, 1] -> normalised latents (B, C, T', H/s, W/s), float32."""
         with torch.autocast(device_type=video.device.type, enabled=False):
             z = self.vae.encode(video.float()).latent_dist.mode()
             mean, std = _vae_latent_stats(self.vae, z.device)
@@ -245,7 +256,7 @@ class DiffHDRModel(nn.Module):
         # inactive and reactive in one VAE call: the batch elements are independent
         both = self.encode_video(torch.cat([control * (1 - m), control * m]))
         latents = torch.cat([both[:b], both[b:]], dim=1)  # (B, 2C, T', h, w)
-        masks = torch.stack([mask_to_latent(mk) for mk in mask]).to(latents)  # (B, 64, T', h, w)
+        masks = torch.stack([mask_to_latent(mk, self.spatial) for mk in mask]).to(latents)  # (B, s^2, T', h, w)
         if reference is not None:
             ref = self.encode_video(reference[:, :, None])  # (B, C, 1, h, w)
             latents = torch.cat([torch.cat([ref, torch.zeros_like(ref)], dim=1), latents], dim=2)

@@ -36,7 +36,6 @@ from .prompting import Caption, cfa_prompts
 log = logging.getLogger(__name__)
 
 TEMPORAL = 4  # VAE time compression
-SPATIAL = 16  # VAE 8 x patch 2
 
 
 @dataclass
@@ -207,9 +206,9 @@ def encode_texts(model, caption: Caption, settings: InferenceSettings, device) -
     return cond, uncond
 
 
-def _gates(over: torch.Tensor, under: torch.Tensor, patch, with_reference: bool):
+def _gates(over: torch.Tensor, under: torch.Tensor, patch, spatial: int, with_reference: bool):
     def g(m):
-        lat = mask_to_latent(m)
+        lat = mask_to_latent(m, spatial)
         if with_reference:
             lat = torch.cat([torch.zeros_like(lat[:, :1]), lat], dim=1)
         return token_gates(lat, patch)[None]  # (1, S, 1)
@@ -262,7 +261,7 @@ def denoise(
     return latents
 
 
-def pad_to_multiple(x: torch.Tensor, m: int = SPATIAL) -> tuple[torch.Tensor, tuple[int, int]]:
+def pad_to_multiple(x: torch.Tensor, m: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Replicate-pad the last two dims of (..., H, W) up to multiples of m; returns the original size."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % m, (-w) % m
@@ -291,9 +290,11 @@ def reconstruct(
     the text encoder off the GPU). `cfg_parallel`: see `denoise`."""
     device = device or model.transformer.device
     T = frames.shape[0]
-    frames, (H, W) = pad_to_multiple(frames)
+    patch, spatial = model.transformer.config.patch_size, model.spatial
+    frames, (H, W) = pad_to_multiple(frames, spatial * patch[1])  # whole DiT tokens
     if reference is not None:
-        reference, _ = pad_to_multiple(F.interpolate(reference[None], size=(H, W), mode="bilinear")[0])
+        reference, _ = pad_to_multiple(F.interpolate(reference[None], size=(H, W), mode="bilinear")[0],
+                                       spatial * patch[1])
     starts, padded, overlap = window_starts(T, settings.window, settings.window_overlap)
     if overlap != settings.window_overlap and len(starts) > 1:
         log.info("window overlap %d -> %d so windows start on the VAE's 4-frame grid", settings.window_overlap, overlap)
@@ -302,7 +303,7 @@ def reconstruct(
     cond = prepare_conditioning(frames, gamma, M, settings, reference)
     text_c, text_u = texts if texts is not None else encode_texts(model, caption, settings, device)
     n_lat = (padded - 1) // TEMPORAL + 1
-    h, w = frames.shape[-2] // 8, frames.shape[-1] // 8
+    h, w = frames.shape[-2] // spatial, frames.shape[-1] // spatial
     g = torch.Generator(device="cpu").manual_seed(settings.seed)
     c = model.transformer.config.in_channels  # the VAE's z_dim: 16 for Wan 2.1
     noise = torch.randn((1, c, n_lat, h, w), generator=g)
@@ -312,7 +313,6 @@ def reconstruct(
     linear = settings.blend == "linear" and len(starts) > 1
     acc = torch.zeros((padded, 3, *frames.shape[-2:]) if linear else (1, c, n_lat, h, w), dtype=torch.float64)
     wsum = torch.zeros(padded if linear else n_lat, dtype=torch.float64)
-    patch = model.transformer.config.patch_size
     prev_ref = None
     for k, s in enumerate(tqdm(starts, desc="windows", disable=not progress or len(starts) == 1)):
         sl = slice(s, s + win)
@@ -324,7 +324,7 @@ def reconstruct(
         if ref is not None:
             z = torch.cat([ref_noise, z], dim=2)
         check_token_split(model.transformer, z.shape[2] // patch[0] * (h // patch[1]) * (w // patch[2]))
-        gates = _gates(cond.over[sl], cond.under[sl], patch, ref is not None) if settings.cfa else None
+        gates = _gates(cond.over[sl], cond.under[sl], patch, spatial, ref is not None) if settings.cfa else None
         lat = denoise(model, context, text_c, text_u, z.to(device), settings, gates, progress, cfg_parallel).cpu()
         if ref is not None:
             lat = lat[:, :, 1:]

@@ -24,7 +24,7 @@ from diffhdr.baselines import BASELINES
 from diffhdr.cli import run
 from diffhdr.color_mapping import linear_to_srgb, srgb_to_linear
 from diffhdr.dataset import list_sequences, read_frames
-from diffhdr.metrics import stop_error
+from diffhdr.metrics import clipped_pixels, stop_error
 
 
 def parse_args(argv):
@@ -39,13 +39,14 @@ def parse_args(argv):
 
 def main(argv=None):
     a = parse_args(argv)
+    from diffhdr.checkpoint import model_defaults
     from diffhdr.model import DiffHDRModel
     from diffhdr.pipeline import InferenceSettings, reconstruct
     from diffhdr.prompting import parse_prompt
     from diffhdr.tiny import resolve_backbone
 
     base = resolve_backbone(a.base_model)
-    defaults = json.loads((base / "diffhdr_defaults.json").read_text())
+    defaults = model_defaults(base)
     model = DiffHDRModel.from_pretrained(base, dtype=torch.float32)
     settings = InferenceSettings(**defaults["inference"])
     seqs = list_sequences(a.dataset_root)
@@ -55,7 +56,7 @@ def main(argv=None):
         ev = 1 + k % 2
         gt = read_frames(seq, "frame_%05d.exr", 0, a.frames) * 2.0**ev  # (T, 3, H, W)
         ldr = torch.floor(linear_to_srgb(gt) * 255) / 255
-        clipped = (ldr >= 1.0).all(1).numpy()  # (T, H, W): every channel at 255
+        clipped = clipped_pixels((ldr * 255).round().byte().permute(0, 2, 3, 1).numpy())  # as evaluate.py --ldr
         caption = parse_prompt((seq / "caption.txt").read_text())
         pred = reconstruct(model, ldr, caption, defaults["gamma"], defaults["M"], settings, progress=False)
         g = gt.permute(0, 2, 3, 1).numpy()

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffhdr.checkpoint import read_color_config
+from diffhdr.checkpoint import MODEL_DEFAULTS, read_color_config
 from diffhdr.cli import run
 from diffhdr.lora_io import FULL_DIR, FULL_WEIGHTS
 
@@ -50,7 +50,7 @@ def main(argv=None):
         for f in (base / part).glob("*.safetensors"):
             half(f, tmp / part / f.name)
     defaults = {"gamma": color["gamma"], "M": color["M"], "inference": DEFAULTS}
-    (tmp / "diffhdr_defaults.json").write_text(json.dumps(defaults, indent=2) + "\n")
+    (tmp / MODEL_DEFAULTS).write_text(json.dumps(defaults, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20

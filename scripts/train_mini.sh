@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# DiffHDR-mini from a folder of HDR images, on one GPU: sequences -> VAE -> DiT -> diffhdr/mini/.
+# DiffHDR-mini from a folder of HDR images: sequences -> VAE -> DiT -> a packaged model.
 #   bash scripts/train_mini.sh /path/to/hdr_images [OUT]       (OUT default runs/mini)
 # configs/mini.yaml holds the DiT's recipe; the model lands in OUT/model (copy it to diffhdr/mini to ship).
-# VAE_STEPS (600), DIT_STEPS (the config's 1500) and DIT_TIMEOUT (seconds; SIGTERM makes train.py
-# checkpoint and stop) shorten a run.
+# Environment: VAE_STEPS (800), VAE_LR (6e-4), DIT_STEPS (stop early; the schedule keeps the config's
+# num_steps), DIT_TIMEOUT (seconds; SIGTERM makes train.py checkpoint and stop), DIT_GPUS (1; more
+# run the DiT with DDP through accelerate, each GPU a batch of the config's size).
 set -euo pipefail
 images=$1
 out=${2:-runs/mini}
@@ -12,8 +13,14 @@ python3 scripts/make_hdri_dataset.py --images "$images" --out "$out/data" --sequ
   --frames 33 --height 144 --width 176 --overwrite
 python3 -c "from diffhdr.tiny import MINI_TRANSFORMER, MINI_VAE, write_tiny_model
 write_tiny_model('$out/base', transformer=MINI_TRANSFORMER, vae=MINI_VAE)"
-python3 scripts/train_vae.py --model_dir "$out/base" --dataset_root "$out/data/train" --steps ${VAE_STEPS:-600}
+python3 scripts/train_vae.py --model_dir "$out/base" --dataset_root "$out/data/train" --steps "${VAE_STEPS:-800}" \
+  --lr "${VAE_LR:-6e-4}"
 sed -e "s#runs/mini#$out#g" configs/mini.yaml > "$out/mini.yaml"
-${DIT_TIMEOUT:+timeout -s TERM $DIT_TIMEOUT} python3 train.py --config "$out/mini.yaml" ${DIT_STEPS:+--max_steps $DIT_STEPS} || true
+gpus=${DIT_GPUS:-1}
+launch=(python3)
+[ "$gpus" -gt 1 ] && launch=(python3 -m accelerate.commands.launch --multi_gpu --num_processes "$gpus"
+                             --num_machines 1 --mixed_precision bf16 --dynamo_backend no)
+${DIT_TIMEOUT:+timeout -s TERM $DIT_TIMEOUT} "${launch[@]}" train.py --config "$out/mini.yaml" \
+  ${DIT_STEPS:+--max_steps $DIT_STEPS} || true
 last=$(ls -d "$out"/dit/checkpoint-* | tail -1)  # checkpoint-final, or the last one a SIGTERM left
 python3 scripts/package_mini.py --base "$out/base" --checkpoint "$last" --out "$out/model"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
     p.add_argument("--batch_size", type=int, default=4, help="clips per step")
     p.add_argument("--clip", type=int, nargs=3, default=[9, 128, 128], metavar=("T", "H", "W"), help="clip size")
-    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW peak learning rate (cosine to a tenth)")
     p.add_argument("--kl", type=float, default=1e-6, help="weight of the KL term")
     p.add_argument("--gamma", type=float, default=2.2, help="Log-Gamma gamma (as the DiT's config)")
     p.add_argument("--M", type=float, default=1000.0, help="Log-Gamma M (as the DiT's config)")
@@ -97,6 +98,8 @@ def main(argv=None):
     vae_dir = Path(a.model_dir) / "vae"
     vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=torch.float32).to(a.device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, weight_decay=0.0)
+    # cosine to a tenth: a short run ends on small steps, which the reconstruction's last digits need
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / a.steps)))
     loader = iter(torch.utils.data.DataLoader(Clips(a), batch_size=a.batch_size, num_workers=a.workers))
 
     def batch():
@@ -112,6 +115,7 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
+        sched.step()
         if step % 100 == 0 or step == a.steps - 1:
             log.info("step=%d/%d loss=%.5f", step + 1, a.steps, loss.item())
     vae.eval()

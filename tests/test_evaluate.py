@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import run_script
 from diffhdr import metrics as M
@@ -76,6 +77,14 @@ def test_baselines_scored_end_to_end(tmp_path):
         assert (tmp_path / f"s_{method}/per_frame.png").stat().st_size > 1000
     # the clipped sun is far from the truth either way: neither baseline gets near a perfect score
     assert all(m["fovvideovdp"] < 10 for m in means.values())
+    # stop errors, masked by the input: no expansion is right where the input is (up to the codec and
+    # 8 bits) and far off in the clipped sun; the ground truth itself scores 0 everywhere
+    for pred, name in ((tmp_path / "linear" / "exr", "linear"), (tmp_path / "gt", "gt")):
+        run_script("evaluate.py", "--pred_dir", pred, "--gt_dir", tmp_path / "gt", "--ldr", tmp_path / "ldr.mp4",
+                   "--metrics", "stops_clipped,stops_elsewhere", "--output", tmp_path / f"stops_{name}")
+        means[name] = json.loads((tmp_path / f"stops_{name}/scores.json").read_text())["mean"]
+    assert means["linear"]["stops_clipped"] > 1.0 and means["linear"]["stops_elsewhere"] < 0.2
+    assert means["gt"]["stops_clipped"] < 0.01 and means["gt"]["stops_elsewhere"] < 0.01
 
 
 def test_tonemap_tool(tmp_path):
@@ -108,6 +117,8 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "png" / "x.png").write_bytes(b"")
     write_seq(tmp_path / "mixed", v[:2])
     (tmp_path / "mixed" / "notes.txt").write_text("hi")
+    (tmp_path / "ldr1").mkdir()
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "ldr1" / "f.png")
     cases = [
         (["--pred_dir", tmp_path / "short", "--gt_dir", tmp_path / "a", "--metrics", "log_psnr"],
          "prediction is 3 frames"),
@@ -117,6 +128,9 @@ def test_bad_inputs(tmp_path):
         (["--pred_dir", tmp_path / "nan", "--metrics", "pu21_piqe"], "15 NaN/Inf values in 1 frames (frame_00002.exr)"),
         (["--pred_dir", tmp_path / "a", "--metrics", "psnr"], "unknown metric(s) psnr; valid: log_psnr"),
         (["--pred_dir", tmp_path / "a", "--metrics", "fovvideovdp"], "need --gt_dir"),
+        (["--pred_dir", tmp_path / "a", "--gt_dir", tmp_path / "a", "--metrics", "stops_clipped"], "need --ldr"),
+        (["--pred_dir", tmp_path / "a", "--gt_dir", tmp_path / "a", "--metrics", "stops_clipped", "--ldr",
+          tmp_path / "ldr1"], "the input is 1 frames of 64x48, the prediction 4"),
     ]
     for args, message in cases:
         proc = run_script("evaluate.py", *args, "--output", tmp_path / "o", check=False)
@@ -128,3 +142,12 @@ def test_metric_table_lists_offline_needs():
     assert set(M.BENCHMARKS["sihdr"]) <= set(M.METRICS) and set(M.BENCHMARKS["cinematic"]) <= set(M.METRICS)
     with pytest.raises(InputError, match="DOVER"):
         M.dover(video(frames=1))
+
+
+def test_ldr_scale_finds_the_exposure_of_the_input():
+    from diffhdr.color_mapping import linear_to_srgb
+
+    gt = video(frames=2)
+    ldr = np.floor(linear_to_srgb(gt * 4.0) * 255).astype(np.uint8)
+    assert abs(M.ldr_scale(gt, ldr) / 4.0 - 1) < 0.01
+    assert M.clipped_pixels(ldr).mean() > M.clipped_pixels(np.floor(linear_to_srgb(gt) * 255).astype(np.uint8)).mean()
