@@ -2,7 +2,7 @@
 # DiffHDR-mini from a folder of HDR images: sequences -> VAE -> DiT -> a packaged model.
 #   bash scripts/train_mini.sh /path/to/hdr_images [OUT]       (OUT default runs/mini)
 # configs/mini.yaml holds the DiT's recipe; the model lands in OUT/model (copy it to diffhdr/mini to ship).
-# Environment: VAE_STEPS (800), VAE_LR (6e-4), DIT_STEPS (stop early; the schedule keeps the config's
+# Environment: VAE_STEPS (1000), VAE_LR (6e-4), DIT_STEPS (stop early; the schedule keeps the config's
 # num_steps), DIT_TIMEOUT (seconds; SIGTERM makes train.py checkpoint and stop), DIT_GPUS (1; more
 # run the DiT with DDP through accelerate, each GPU a batch of the config's size).
 set -euo pipefail
@@ -13,7 +13,7 @@ python3 scripts/make_hdri_dataset.py --images "$images" --out "$out/data" --sequ
   --frames 33 --height 144 --width 176 --overwrite
 python3 -c "from diffhdr.tiny import MINI_TRANSFORMER, MINI_VAE, write_tiny_model
 write_tiny_model('$out/base', transformer=MINI_TRANSFORMER, vae=MINI_VAE)"
-python3 scripts/train_vae.py --model_dir "$out/base" --dataset_root "$out/data/train" --steps "${VAE_STEPS:-800}" \
+python3 scripts/train_vae.py --model_dir "$out/base" --dataset_root "$out/data/train" --steps "${VAE_STEPS:-1000}" \
   --lr "${VAE_LR:-6e-4}"
 sed -e "s#runs/mini#$out#g" configs/mini.yaml > "$out/mini.yaml"
 gpus=${DIT_GPUS:-1}

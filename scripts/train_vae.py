@@ -1,6 +1,6 @@
 """Train a small Wan VAE as an autoencoder of Log-Gamma frames (for a model trained from scratch).
 
-    python scripts/train_vae.py --model_dir mini_base --dataset_root data/hdri/train --steps 1500
+    python scripts/train_vae.py --model_dir mini_base --dataset_root data/hdri/train --steps 1000
 
 The 14B recipe never trains the VAE (the spec: it stays frozen). A small base such as DiffHDR-mini
 starts from random weights, so its VAE first learns what the DiT will see through it: HDR targets
@@ -31,7 +31,9 @@ def parse_args(argv):
     p.add_argument("--dataset_root", required=True, help="sequence folders (frame_%%05d.exr)")
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
     p.add_argument("--batch_size", type=int, default=4, help="clips per step")
-    p.add_argument("--clip", type=int, nargs=3, default=[9, 128, 128], metavar=("T", "H", "W"), help="clip size")
+    p.add_argument("--clip", type=int, nargs=3, default=[33, 128, 128], metavar=("T", "H", "W"),
+                   help="clip size; T = inference's 33-frame window: Wan's VAE is causal, chunk by chunk, and one "
+                        "trained on 9 frames decoded frames 13+ of a 33-frame clip 1-3 stops off")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW peak learning rate (cosine to a tenth)")
     p.add_argument("--kl", type=float, default=1e-6, help="weight of the KL term")
     p.add_argument("--gamma", type=float, default=2.2, help="Log-Gamma gamma (as the DiT's config)")

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import ROOT, run_script
 from diffhdr.color_mapping import luminance
@@ -57,12 +58,11 @@ def mini_run(tmp_path_factory):
     base = write_tiny_model(tmp / "base", transformer=MINI_TRANSFORMER, vae=MINI_VAE)
     run_script("scripts/train_vae.py", "--model_dir", base, "--dataset_root", tmp / "data/train", "--steps", 2,
                "--clip", 5, 32, 32, "--batch_size", 1, "--workers", 0)
-    cfg = tmp / "mini.yaml"
-    text = (ROOT / "configs/mini.yaml").read_text().replace("runs/mini", str(tmp))
-    cfg.write_text(text.replace("resolution: [17, 128, 128]", "resolution: [5, 32, 32]")
-                   .replace("batch_size: 8", "batch_size: 1").replace("num_workers: 8", "num_workers: 0")
-                   .replace("sequence_frames: 33", "sequence_frames: 9"))
-    run_script("train.py", "--config", cfg, "--max_steps", 2)
+    cfg = yaml.safe_load((ROOT / "configs/mini.yaml").read_text().replace("runs/mini", str(tmp)))
+    cfg["data"].update(sequence_frames=9, num_workers=0)
+    cfg["training"].update(resolution=[5, 32, 32], batch_size=1)
+    (tmp / "mini.yaml").write_text(yaml.safe_dump(cfg))
+    run_script("train.py", "--config", tmp / "mini.yaml", "--max_steps", 2)
     run_script("scripts/package_mini.py", "--base", base, "--checkpoint", tmp / "dit/checkpoint-final",
                "--out", tmp / "model")
     return tmp
