@@ -90,7 +90,10 @@ def settings_from_args(a, model_defaults: dict | None = None) -> InferenceSettin
     if a.speed == "fast":
         s = dataclasses.replace(s, **FAST_GUIDANCE)
     overrides = {f.name: getattr(a, f.name) for f in dataclasses.fields(s) if getattr(a, f.name, None) is not None}
-    return dataclasses.replace(s, **overrides)
+    s = dataclasses.replace(s, **overrides)
+    if s.num_inference_steps < 1:
+        raise InputError(f"--num_inference_steps must be at least 1 (got {s.num_inference_steps})")
+    return s
 
 
 def load_frames(a) -> tuple[torch.Tensor, float]:

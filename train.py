@@ -21,12 +21,13 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from diffhdr.attention import assert_no_cfa
-from diffhdr.checkpoint import (checkpoint_name, latest_checkpoint, load_for_resume, load_optimizer_state,
-                               optimizer_state, save_checkpoint)
+from diffhdr.checkpoint import (checkpoint_name, clear_earlier_run, earlier_run, latest_checkpoint, load_for_resume,
+                                load_optimizer_state, optimizer_state, save_checkpoint)
 from diffhdr.cli import run
 from diffhdr import fp8_attention
 from diffhdr.config import ConfigError, load_config
-from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate, ignore_sigterm
+from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate, ignore_sigterm, list_sequences, validate_dataset
+from diffhdr.io import InputError
 from diffhdr.lora_io import trained_state
 from diffhdr.model import DiffHDRModel, compile_blocks, lora_inputs_stay_in_compute_dtype, torch_dtype
 from diffhdr.parallel import finish_distributed
@@ -44,6 +45,8 @@ def parse_args(argv):
     p.add_argument("--config", required=True, help="YAML config (configs/train.yaml)")
     p.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in output_dir")
     p.add_argument("--max_steps", type=int, help="stop after this global step (the schedule keeps num_steps)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the checkpoints and metrics of an earlier run in output_dir and start afresh")
     return p.parse_args(argv)
 
 
@@ -71,8 +74,21 @@ def main(argv=None):
     log.info("%d process(es) (%s), mixed precision: %s", acc.num_processes,
              acc.distributed_type.value.lower().replace("_", " "), acc.mixed_precision)
     out = Path(cfg.output_dir)
+    earlier = earlier_run(out)
+    if earlier and not args.resume_from_checkpoint:
+        if not args.overwrite:
+            raise InputError(f"{out}: holds an earlier run ({', '.join(p.name for p in earlier[:3])}"
+                             f"{', ...' if len(earlier) > 3 else ''}); resume it with --resume_from_checkpoint "
+                             "latest, replace it with --overwrite, or set another output_dir")
+        if acc.is_main_process:
+            clear_earlier_run(out)
+            log.info("--overwrite: removed the earlier run in %s", out)
     out.mkdir(parents=True, exist_ok=True)
     base = resolve_backbone(cfg.model.backbone)
+    if acc.is_main_process:  # every frame, before minutes go into loading the model
+        validate_dataset(list_sequences(cfg.data.dataset_root), cfg.data.frame_pattern, cfg.data.sequence_frames,
+                         cfg.data.invalid_pixels, cfg.data.validate)
+    acc.wait_for_everyone()
 
     # ---- model: frozen base, LoRA, checks
     model = DiffHDRModel.from_pretrained(base, dtype=torch_dtype(cfg.model.dtype))

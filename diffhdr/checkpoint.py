@@ -143,6 +143,17 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def earlier_run(output_dir: Path) -> list[Path]:
+    """What a training run left in `output_dir`: its checkpoints, metrics and validation samples."""
+    d = Path(output_dir)
+    return sorted(p for p in (*d.glob("checkpoint-*"), d / "metrics.jsonl", d / "validation") if p.exists())
+
+
+def clear_earlier_run(output_dir: Path) -> None:
+    for p in earlier_run(output_dir):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def model_defaults(base: Path) -> dict | None:
     """gamma, M and inference defaults a packaged model stores with itself (scripts/package_mini.py),
     or None for a plain diffusers base."""

@@ -51,6 +51,9 @@ class DataConfig:
     hflip: bool = True
     # What to do with NaN/Inf/negative radiance: "error" or "clamp" (to 0).
     invalid_pixels: str = "error"
+    # Before step 1, every frame of every sequence: "headers" (count, readable, sizes, channels),
+    # "full" (also every pixel: NaN/Inf/negative), "auto" (full if it takes under a minute), "off".
+    validate: str = "auto"
     num_workers: int = 2
 
 
@@ -204,6 +207,7 @@ def validate(cfg: Config, source: str) -> None:
     need(h % 16 == 0 and w % 16 == 0, f"training.resolution H, W = {h}, {w} must be multiples of 16")
     need(t <= cfg.data.sequence_frames, f"clip length {t} exceeds data.sequence_frames {cfg.data.sequence_frames}")
     need(cfg.data.invalid_pixels in ("error", "clamp"), "data.invalid_pixels must be 'error' or 'clamp'")
+    need(cfg.data.validate in ("auto", "full", "headers", "off"), "data.validate must be auto, full, headers or off")
     need(cfg.training.timestep_sampling in ("uniform", "logit_normal", "shifted"), "unknown training.timestep_sampling")
     need(cfg.training.loss_weighting in ("none", "reference"), "training.loss_weighting must be 'none' or 'reference'")
     need(cfg.training.prompt_mix in ("caption", "reference"), "training.prompt_mix must be 'caption' or 'reference'")

@@ -21,17 +21,19 @@ from __future__ import annotations
 import logging
 import re
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .color_mapping import log_gamma_encode, srgb_to_linear, to_vae_range
 from .config import Config
 from .data_augmentation import draw_ev, grey_fill, synthesize_ldr
-from .io import InputError, read_hdr_image, read_json
+from .io import InputError, exr_size, read_hdr_image, read_json
 from .mask_detection import combine, detect_masks
 from .prompting import NULL_CAPTION, is_hybrid, parse_caption, training_prompt
 
@@ -97,6 +99,53 @@ def read_frames(seq_dir: Path, pattern: str, start: int, count: int, policy: str
             raise InputError(f"{path}: frame is {img.shape[1]}x{img.shape[0]}, earlier frames {size[1]}x{size[0]}")
         frames.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
     return torch.stack(frames)
+
+
+def _frame_problem(path: Path, full: bool, policy: str) -> tuple[str | None, tuple[int, int] | None]:
+    """(what is wrong with one frame file or None, its (H, W) or None)."""
+    try:
+        if not full and path.suffix.lower() == ".exr":
+            return None, exr_size(path)
+        img = read_hdr_image(path)
+        if full and policy == "error":
+            check_radiance(img, path, policy)
+        return None, img.shape[:2]
+    except InputError as e:
+        return str(e), None
+
+
+def validate_dataset(seqs: list[Path], pattern: str, frames: int, policy: str, mode: str,
+                     progress: bool = True) -> None:
+    """Check every frame of every sequence before training starts, and report every bad file at once
+    (logged, one per line; the error names the first). `mode`: see DataConfig.validate."""
+    if mode == "off":
+        return
+    paths = {s: [s / (pattern % i) for i in range(count_frames(s, pattern))] for s in seqs}
+    problems = [f"{s}: {len(p)} frames matching {pattern}, expected data.sequence_frames={frames}"
+                for s, p in paths.items() if len(p) != frames]
+    files = [f for p in paths.values() for f in p]
+    full = mode == "full"
+    if mode == "auto" and files:  # a full scan when the first frames say it ends within a minute
+        t0 = time.perf_counter()
+        sample = files[: min(8, len(files))]
+        for f in sample:
+            _frame_problem(f, True, policy)
+        full = (time.perf_counter() - t0) / len(sample) * len(files) < 60
+    sizes: dict[Path, set] = {}
+    for f in tqdm(files, desc=f"checking frames ({'pixels' if full else 'headers'})", disable=not progress):
+        problem, size = _frame_problem(f, full, policy)
+        if problem:
+            problems.append(problem)
+        elif size:
+            sizes.setdefault(f.parent, set()).add(size)
+    problems += [f"{s}: frames of different sizes ({', '.join(f'{w}x{h}' for h, w in sorted(v))})"
+                 for s, v in sizes.items() if len(v) > 1]
+    if problems:
+        for p in problems:
+            log.error("%s", p)
+        raise InputError(f"{len(problems)} problem(s) in the dataset (each logged above); the first: {problems[0]}")
+    log.info("dataset checked: %d sequences, %d frames (%s)", len(seqs), len(files),
+             "every pixel" if full else "headers")
 
 
 def count_frames(seq_dir: Path, pattern: str) -> int:

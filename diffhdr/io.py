@@ -100,6 +100,24 @@ def read_exr(path: str | Path) -> np.ndarray:
     return rgb.astype(np.float32, copy=False)
 
 
+def exr_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an OpenEXR file from its header alone, after checking it has R/G/B (or Y) channels."""
+    import OpenEXR
+
+    try:
+        with OpenEXR.File(str(path), header_only=True) as f:
+            header = dict(f.header())  # a copy: the file's own is emptied when it closes
+    except Exception as e:
+        raise InputError(f"{path}: unreadable OpenEXR header ({e})") from None
+    if "channels" not in header or "dataWindow" not in header:  # a truncated file can read as an empty header
+        raise InputError(f"{path}: unreadable OpenEXR header (no channels or data window)")
+    names = [c.name for c in header["channels"]]
+    if _rgb_channel_names(names) is None and "Y" not in names:
+        raise InputError(f"{path}: no R/G/B channels (found {', '.join(sorted(names))})")
+    (x0, y0), (x1, y1) = header["dataWindow"]
+    return int(y1 - y0 + 1), int(x1 - x0 + 1)
+
+
 def write_exr(path: str | Path, rgb: np.ndarray, half: bool = True) -> None:
     """Write linear Rec.709 RGB (H, W, 3) as a ZIP-compressed EXR with Rec.709 chromaticities."""
     import OpenEXR

@@ -17,9 +17,20 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .io import InputError, atomic_path
+
+def load_file(path) -> dict[str, torch.Tensor]:
+    """safetensors' load_file, with a truncated or foreign file reported in one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file as load
+
+    try:
+        return load(str(path))
+    except (SafetensorError, OSError) as e:
+        raise InputError(f"{path}: unreadable safetensors file ({e})") from None
+
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

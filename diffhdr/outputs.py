@@ -21,14 +21,17 @@ FRAME_PATTERN = "frame_%05d.exr"
 
 
 def prepare_output_dir(out: Path, overwrite: bool) -> Path:
-    """Refuse to mix new frames with an earlier run's unless `overwrite` (which removes them)."""
+    """Refuse to mix new frames with an earlier run's unless `overwrite` (which removes them). The
+    folders themselves are made when the frames are written: a failed run leaves none behind."""
     exr = out / "exr"
+    for p in (out, exr):
+        if p.exists() and not p.is_dir():
+            raise InputError(f"{p}: exists and is not a folder; choose another --output_dir")
     old = sorted(exr.glob("frame_*.exr")) if exr.is_dir() else []
     if old and not overwrite:
         raise InputError(f"{exr}: already holds {len(old)} frames; pass --overwrite or choose another --output_dir")
     for f in old:
         f.unlink()
-    exr.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -40,6 +43,7 @@ def preview_frames(hdr: np.ndarray) -> np.ndarray:
 def write_outputs(out: Path, hdr: torch.Tensor, fps: float, record: dict, hdr10: bool = False) -> None:
     """hdr (T, 3, H, W) linear float."""
     frames = hdr.clamp_min(0).permute(0, 2, 3, 1).numpy()
+    (out / "exr").mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(tqdm(frames, desc="exr", leave=False)):
         write_exr(out / "exr" / (FRAME_PATTERN % i), f, half=True)
     write_video(out / "preview.mp4", preview_frames(frames), fps=fps)

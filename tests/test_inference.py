@@ -225,7 +225,14 @@ def test_cli_bad_inputs(tmp_path, checkpoint):
     broken = tmp_path / "ckpt"
     broken.mkdir()
     (broken / "step.txt").write_text("1")
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes((checkpoint / "adapter_model.safetensors").read_bytes()[:200])
+    (tmp_path / "afile").write_text("not a folder")
     cases = [
+        (["--input_video", video, "--lora_checkpoint", truncated, "--base_model", "tiny"],
+         "cut.safetensors: unreadable safetensors file"),
+        (["--input_video", video, "--lora_checkpoint", checkpoint, "--num_inference_steps", 0],
+         "--num_inference_steps must be at least 1"),
         (["--input_video", tmp_path / "bad.mp4", "--lora_checkpoint", checkpoint], "bad.mp4: unreadable video"),
         (["--input_video", tmp_path / "empty", "--lora_checkpoint", checkpoint], "folder holds no PNG/JPEG"),
         (["--input_video", video, "--lora_checkpoint", broken], "checkpoint lacks adapter_config.json"),
@@ -237,6 +244,10 @@ def test_cli_bad_inputs(tmp_path, checkpoint):
         assert proc.returncode == 2, proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert message in last and "Traceback" not in proc.stderr
+        assert not (tmp_path / f"o{i}").exists()  # a failed run leaves no empty exr/ behind
+    proc = run_script("inference.py", "--output_dir", tmp_path / "afile", "--input_video", video,
+                      "--lora_checkpoint", checkpoint, check=False)
+    assert proc.returncode == 2 and "afile: exists and is not a folder" in proc.stderr.splitlines()[-1]
 
 
 def test_free_text_prompt_is_used_for_both_regions(caplog):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -84,13 +85,53 @@ def test_bad_base_model_and_empty_dataset(tmp_path, dataset_root, tiny_model_dir
     shutil.copytree(tiny_model_dir, broken)
     shutil.rmtree(broken / "vae")
     cfg = write_config(tmp_path / "c.yaml", model={"backbone": str(broken)},
-                       data={"dataset_root": str(dataset_root)})
+                       data={"dataset_root": str(dataset_root)}, output_dir=str(tmp_path / "o"))
     proc = run_script("train.py", "--config", cfg, check=False)
     assert proc.returncode == 2 and "base model directory lacks vae/" in proc.stderr.splitlines()[-1]
     (tmp_path / "empty").mkdir()
-    cfg = write_config(tmp_path / "e.yaml", data={"dataset_root": str(tmp_path / "empty")})
+    cfg = write_config(tmp_path / "e.yaml", data={"dataset_root": str(tmp_path / "empty")},
+                       output_dir=str(tmp_path / "o"))
     proc = run_script("train.py", "--config", cfg, check=False)
     assert proc.returncode == 2 and "no sequence folders" in proc.stderr
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused_unless_overwrite(tmp_path, dataset_root):
+    out = tmp_path / "o"
+    cfg = write_config(tmp_path / "c.yaml", data={"dataset_root": str(dataset_root)},
+                       training={"num_steps": 2, "log_every": 1, "validate_every": 0}, output_dir=str(out))
+    run_script("train.py", "--config", cfg)
+    first = (out / "checkpoint-final" / "adapter_model.safetensors").read_bytes()
+    proc = run_script("train.py", "--config", cfg, check=False)
+    assert proc.returncode == 2 and "holds an earlier run (checkpoint-final, metrics.jsonl)" in proc.stderr.splitlines()[-1]
+    assert "--resume_from_checkpoint latest" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / "checkpoint-final" / "adapter_model.safetensors").read_bytes() == first  # untouched
+    run_script("train.py", "--config", cfg, "--overwrite")
+    assert [m["step"] for m in metrics(out)] == [1, 2]  # one curve, not two
+
+
+def test_every_bad_frame_is_reported_before_training(tmp_path):
+    from diffhdr.io import write_exr
+    from diffhdr.synthetic import write_dataset
+
+    root = write_dataset(tmp_path / "data", sequences=3, frames=21, h=64, w=96)
+    frame = root / "sequence_000" / "frame_00003.exr"
+    nan = np.ones((64, 96, 3), np.float32)
+    nan[0, 0] = np.nan
+    write_exr(frame, nan)
+    (root / "sequence_001" / "frame_00007.exr").write_bytes(b"v/1\x01 truncated")
+    write_exr(root / "sequence_002" / "frame_00020.exr", np.ones((32, 48, 3), np.float32))
+    cfg = write_config(tmp_path / "c.yaml", data={"dataset_root": str(root)}, output_dir=str(tmp_path / "o"))
+    proc = run_script("train.py", "--config", cfg, check=False)
+    assert proc.returncode == 2 and "3 problem(s) in the dataset" in proc.stderr.splitlines()[-1]
+    for bad in ("frame_00003.exr: 3 NaN", "frame_00007.exr: unreadable", "sequence_002: frames of different sizes"):
+        assert bad in proc.stderr
+    assert "LoRA targets" not in proc.stdout  # before the model is loaded
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()
+    # headers only: the NaN goes unseen, the unreadable and odd-sized frames do not
+    cfg = write_config(tmp_path / "h.yaml", data={"dataset_root": str(root), "validate": "headers"},
+                       output_dir=str(tmp_path / "o"))
+    proc = run_script("train.py", "--config", cfg, check=False)
+    assert proc.returncode == 2 and "2 problem(s) in the dataset" in proc.stderr.splitlines()[-1]
 
 
 def test_vae_stays_float32_under_bf16_autocast():
