@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from diffhdr import metrics as M
-from diffhdr.cli import run
+from diffhdr.cli import HelpFormatter, run
 from diffhdr.io import IMAGE_EXTS, InputError, atomic_path, read_exr, read_video
 from diffhdr.outputs import preview_frames
 
@@ -35,19 +35,19 @@ log = logging.getLogger("diffhdr.evaluate")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pred_dir", required=True)
-    p.add_argument("--gt_dir")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--pred_dir", required=True, help="predicted EXR frames, or one folder per sequence")
+    p.add_argument("--gt_dir", help="ground-truth EXR frames, laid out as --pred_dir")
     p.add_argument("--ldr", help="the 8-bit input video(s) of the predictions: adds the stop errors")
     p.add_argument("--align_exposure", action="store_true",
                    help="scale the ground truth to the --ldr input's exposure before the stop errors")
     p.add_argument("--metrics", default="all", help=f"comma list of {', '.join(M.METRICS)}, or 'all'")
     p.add_argument("--benchmark", choices=sorted(M.BENCHMARKS), help="the paper's metric set for that table")
     p.add_argument("--peak_nits", type=float, default=1000.0, help="P99.9 luminance is scaled to this (cd/m^2)")
-    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--fps", type=float, default=24.0, help="frame rate (FovVideoVDP)")
     p.add_argument("--weights", help="local weights file for fid / musiq / clipiqa / dover")
     p.add_argument("--hdrvdp3_path", help="folder of the hdrvdp-3 MATLAB sources")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device of the learned metrics")
     p.add_argument("--output", default="evaluation", help="folder for scores.json, CSVs and the plot")
     p.add_argument("--tonemap", action="store_true", help="only write tone-mapped PNGs of --pred_dir to --output")
     return p.parse_args(argv)

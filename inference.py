@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from diffhdr.checkpoint import check_checkpoint, model_defaults, read_color_config
-from diffhdr.cli import run
+from diffhdr.cli import HelpFormatter, run
 from diffhdr.io import InputError, read_image, read_video
 from diffhdr.lora_io import load_any_lora
 from diffhdr.model import DiffHDRModel
@@ -37,41 +37,41 @@ RELEASE_COLOR = {"gamma": 2.2, "M": 65536.0}  # the authors' DiffHDR.safetensors
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--input_video", required=True, help="a video file or a folder of PNG/JPEG frames")
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--output_dir", required=True, help="folder for exr/, preview.mp4 and settings.json")
     p.add_argument("--lora_checkpoint", help="our checkpoint folder, or the release's DiffHDR.safetensors")
     p.add_argument("--prompt", default="", help="[Overexposed: ...]; [Underexposed: ...]")
     p.add_argument("--base_model", help="override the base model path stored in the checkpoint ('tiny' for the demo)")
     p.add_argument("--reference_image", help="an LDR image guiding the over-exposed regions")
     p.add_argument("--preset", choices=sorted(PRESETS), default="spec", help="'reference' = the authors' settings")
     # Defaults of the options below come from the preset (diffhdr.pipeline.InferenceSettings).
-    p.add_argument("--num_inference_steps", type=int)
-    p.add_argument("--guidance_scale", type=float)
-    p.add_argument("--negative_prompt")
+    p.add_argument("--num_inference_steps", type=int, help="denoising steps (default: the preset's, 50)")
+    p.add_argument("--guidance_scale", type=float, help="classifier-free guidance; 1 = none (default: the preset's, 7.5)")
+    p.add_argument("--negative_prompt", help="text of the unconditional branch (default: the preset's)")
     p.add_argument("--cfg_interval", type=float,
                    help="guide only the first fraction of the steps (default 1; 0.3 with --speed fast)")
     p.add_argument("--cfg_refresh", type=int,
                    help="unconditional forward every Nth guided step, direction reused between (default 1; 3 with --speed fast)")
-    p.add_argument("--alpha_over", type=float)
-    p.add_argument("--alpha_under", type=float)
+    p.add_argument("--alpha_over", type=float, help="CFA strength in over-exposed regions (default: 1; 0 = off)")
+    p.add_argument("--alpha_under", type=float, help="CFA strength in under-exposed regions (default: 1; 0 = off)")
     p.add_argument("--no_cfa", dest="cfa", action="store_false", default=None, help="standard attention")
     p.add_argument("--cfa_vace", action="store_true", default=None, help="CFA in the VACE blocks too")
-    p.add_argument("--window_overlap", type=int)
+    p.add_argument("--window_overlap", type=int, help="frames shared by consecutive 33-frame windows (default: 8)")
     p.add_argument("--use_prev_window_reference", dest="prev_window_reference", action="store_true", default=None,
                    help="each window takes the previous window's output frame as its reference (the release)")
-    p.add_argument("--scheduler", choices=["default", "euler"])
-    p.add_argument("--seed", type=int)
+    p.add_argument("--scheduler", choices=["default", "euler"], help="the base model's scheduler, or the release's flow-match Euler (default: the preset's)")
+    p.add_argument("--seed", type=int, help="seed of the initial noise (default: the preset's, 42)")
     p.add_argument("--height", type=int, help="resize frames to this height (width keeps the aspect)")
-    p.add_argument("--start_frame", type=int, default=0)
+    p.add_argument("--start_frame", type=int, default=0, help="first frame of the input to use")
     p.add_argument("--num_frames", type=int, help="process only this many frames")
     p.add_argument("--speed", choices=SPEED_MODES, default="default",
                    help="fast = + fp8 GEMMs and guidance on fewer steps (--cfg_interval/--cfg_refresh); lossy")
     p.add_argument("--fp8_attention", action=argparse.BooleanOptionalAction,
                    help="fp8 self-attention (default: on with --speed default/fast where it runs: Hopper, "
                         "nvidia-cudnn-frontend, heads of 128); --no-fp8_attention keeps it bf16")
-    p.add_argument("--memory", choices=MEMORY_MODES, default="auto")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--memory", choices=MEMORY_MODES, default="auto", help="where the weights live; auto picks by GPU memory")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--context_parallel", choices=CP_KINDS, default="ulysses",
                    help="attention across GPUs when launched with torchrun on several processes (ring is "
                         "refused until it is shown to match one GPU: docs/multi_gpu.md)")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from diffhdr.attention import assert_no_cfa
 from diffhdr.checkpoint import (checkpoint_name, clear_earlier_run, earlier_run, latest_checkpoint, load_for_resume,
                                 load_optimizer_state, optimizer_state, save_checkpoint)
-from diffhdr.cli import run
+from diffhdr.cli import HelpFormatter, run
 from diffhdr import fp8_attention
 from diffhdr.config import ConfigError, load_config
 from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate, ignore_sigterm, list_sequences, validate_dataset
@@ -41,7 +41,7 @@ log = logging.getLogger("diffhdr.train")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (configs/train.yaml)")
     p.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in output_dir")
     p.add_argument("--max_steps", type=int, help="stop after this global step (the schedule keeps num_steps)")

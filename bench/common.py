@@ -12,12 +12,14 @@ from pathlib import Path
 
 import torch
 
+from diffhdr.cli import HelpFormatter
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def arguments(doc: str) -> argparse.ArgumentParser:
     """The options every model benchmark takes; add its own to the parser returned."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
     p.add_argument("--tiny", action="store_true", help="a CPU smoke run of the same code on the tiny model")
     p.add_argument("--out", help="also copy the JSON here")
     return p

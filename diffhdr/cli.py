@@ -1,7 +1,8 @@
-"""What every command-line script shares: the spec's log format and one-line errors."""
+"""What every command-line script shares: the spec's log format, help that shows defaults, one-line errors."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -21,6 +22,17 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     for noisy in ("httpx", "urllib3", "diffusers", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The script's docstring as written, and each option's default after its help, where it has one
+    to show (not None, not a switch's False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:

@@ -12,20 +12,20 @@ from pathlib import Path
 import torch
 
 from diffhdr.baselines import BASELINES
-from diffhdr.cli import run
+from diffhdr.cli import HelpFormatter, run
 from diffhdr.io import read_video
 from diffhdr.outputs import prepare_output_dir, write_outputs
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=sorted(BASELINES), required=True)
-    p.add_argument("--input_video", required=True)
-    p.add_argument("--output_dir", required=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--method", choices=sorted(BASELINES), required=True, help="the inverse tone mapping operator")
+    p.add_argument("--input_video", required=True, help="8-bit video or folder of PNG/JPEG frames")
+    p.add_argument("--output_dir", required=True, help="folder for exr/, preview.mp4 and settings.json")
     p.add_argument("--peak", type=float, default=10.0, help="akyuz: peak relative to diffuse white")
     p.add_argument("--gamma", type=float, default=1.0, help="akyuz: expansion exponent")
     p.add_argument("--gain", type=float, default=1.0, help="linear: global gain")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace frames already in --output_dir")
     a = p.parse_args(argv)
     out = prepare_output_dir(Path(a.output_dir), a.overwrite)
     frames, fps = read_video(a.input_video)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from diffhdr.cli import HelpFormatter
 from diffhdr.color_mapping import linear_to_srgb
 from diffhdr.io import write_exr, write_video
 from diffhdr.synthetic import render_frame, write_dataset
@@ -33,8 +34,8 @@ def step(title: str, *args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--out", default="demo", help="folder for the data, checkpoints, video, HDR and scores")
     a = p.parse_args()
     out = (ROOT / a.out).resolve()
     start = time.perf_counter()

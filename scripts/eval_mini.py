@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from diffhdr.baselines import BASELINES
-from diffhdr.cli import run
+from diffhdr.cli import HelpFormatter, run
 from diffhdr.color_mapping import linear_to_srgb, srgb_to_linear
 from diffhdr.dataset import list_sequences, read_frames
 from diffhdr.metrics import clipped_pixels, stop_error
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset_root", required=True, help="validation sequences")
     p.add_argument("--base_model", default="mini", help="model to score")
     p.add_argument("--sequences", type=int, default=12, help="how many sequences (spread over the images)")

@@ -15,16 +15,16 @@ import torch
 from diffusers import WanVACETransformer3DModel
 
 from diffhdr.checkpoint import check_checkpoint, read_color_config
-from diffhdr.cli import run
+from diffhdr.cli import HelpFormatter, run
 from diffhdr.io import InputError
 from diffhdr.lora_io import export_lora, load_adapter
 from diffhdr.tiny import resolve_backbone
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--layout", choices=["diffusers", "comfyui"], required=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder of train.py")
+    p.add_argument("--layout", choices=["diffusers", "comfyui"], required=True, help="key names of the tool that loads it")
     p.add_argument("--output", required=True, help="a .safetensors file")
     p.add_argument("--base_model", help="override the base model path stored in the checkpoint")
     a = p.parse_args(argv)

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from diffhdr.captioning import Captioner, caption_images
-from diffhdr.cli import run
+from diffhdr.cli import HelpFormatter, run
 from diffhdr.dataset import list_sequences
 from diffhdr.io import atomic_path
 
@@ -24,13 +24,13 @@ log = logging.getLogger("diffhdr.captions")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset_root", required=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--dataset_root", required=True, help="sequence folders; caption.txt is written into each")
     p.add_argument("--model", default="Qwen/Qwen3-VL-2B-Instruct", help="local folder or hub id")
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda", help="torch device of the captioner")
     p.add_argument("--frame_stride", type=int, default=8, help="sample every Nth frame per sequence")
-    p.add_argument("--frame_pattern", default="frame_%05d.exr")
-    p.add_argument("--max_new_tokens", type=int, default=96)
+    p.add_argument("--frame_pattern", default="frame_%05d.exr", help="frame file names")
+    p.add_argument("--max_new_tokens", type=int, default=96, help="longest caption, in tokens")
     p.add_argument("--overwrite", action="store_true", help="regenerate existing caption (and scene) files")
     p.add_argument("--scene", action="store_true", help="also write scene.txt (for training.prompt_mix: reference)")
     a = p.parse_args(argv)

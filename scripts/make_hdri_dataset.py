@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from diffhdr.cli import run
+from diffhdr.cli import HelpFormatter, run
 from diffhdr.io import HDR_EXTS, InputError, read_hdr_image, write_exr
 
 log = logging.getLogger("diffhdr.make_hdri_dataset")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--images", required=True, help="folder of .hdr / .exr images")
     p.add_argument("--out", required=True, help="dataset folder to create (train/ and val/ inside)")
     p.add_argument("--sequences_per_image", type=int, default=8, help="sequences drawn from each image")

@@ -18,14 +18,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffhdr.checkpoint import MODEL_DEFAULTS, read_color_config
-from diffhdr.cli import run
+from diffhdr.cli import HelpFormatter, run
 from diffhdr.lora_io import FULL_DIR, FULL_WEIGHTS
 
 DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 1.0, "scheduler": "euler", "shift": 5.0}
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--base", required=True, help="the base folder training started from (its VAE trained)")
     p.add_argument("--checkpoint", required=True, help="train.py checkpoint of the whole transformer")
     p.add_argument("--out", required=True, help="folder to write (replaced)")

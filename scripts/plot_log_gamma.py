@@ -13,12 +13,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from diffhdr.cli import HelpFormatter  # noqa: E402
 from diffhdr.color_mapping import linear_to_srgb, log_gamma_encode  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default="docs/log_gamma_curve.png")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--out", default="docs/log_gamma_curve.png", help="PNG to write")
     a = p.parse_args()
     stops = np.linspace(-14, 17, 2000)
     x = 2.0**stops

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from diffhdr.cli import run
+from diffhdr.cli import HelpFormatter, run
 from diffhdr.color_mapping import log_gamma_encode, to_vae_range
 from diffhdr.dataset import (
     LATENT_CONFIG,
@@ -36,19 +36,19 @@ log = logging.getLogger("diffhdr.precompute")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset_root", required=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--dataset_root", required=True, help="sequence folders of EXR frames")
     p.add_argument("--model_path", required=True, help="local diffusers directory, or 'tiny'")
-    p.add_argument("--gamma", type=float, default=2.2)
-    p.add_argument("--M", type=float, default=1000.0)
-    p.add_argument("--sequence_frames", type=int, default=81)
-    p.add_argument("--clip_frames", type=int, default=33)
-    p.add_argument("--resolution", type=int, nargs=2, default=[720, 1280], metavar=("H", "W"))
-    p.add_argument("--frame_pattern", default="frame_%05d.exr")
-    p.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--gamma", type=float, default=2.2, help="Log-Gamma gamma (must equal the training config's)")
+    p.add_argument("--M", type=float, default=1000.0, help="Log-Gamma M (must equal the training config's)")
+    p.add_argument("--sequence_frames", type=int, default=81, help="frames per sequence")
+    p.add_argument("--clip_frames", type=int, default=33, help="frames per cached clip (training.resolution T)")
+    p.add_argument("--resolution", type=int, nargs=2, default=[720, 1280], metavar=("H", "W"), help="clip size (training.resolution H W)")
+    p.add_argument("--frame_pattern", default="frame_%05d.exr", help="frame file names")
+    p.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--all_starts", action="store_true", help="cache every temporal offset, not only start 0")
     p.add_argument("--num_shards", type=int, default=1, help="split sequences over N jobs (e.g. a SLURM array)")
-    p.add_argument("--shard_index", type=int, default=0)
+    p.add_argument("--shard_index", type=int, default=0, help="this job's share of the sequences (with --num_shards)")
     return p.parse_args(argv)
 
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from diffhdr.cli import run
+from diffhdr.cli import HelpFormatter, run
 
 log = logging.getLogger("diffhdr.train_vae")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model_dir", required=True, help="base model folder whose vae/ is trained in place")
     p.add_argument("--dataset_root", required=True, help="sequence folders (frame_%%05d.exr)")
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps")

@@ -1,0 +1,44 @@
+"""Every command-line tool: each option says what it is for and shows its default."""
+
+import argparse
+import importlib.util
+import inspect
+
+import pytest
+
+from conftest import ROOT
+from diffhdr.cli import HelpFormatter
+
+TOOLS = ["train.py", "inference.py", "evaluate.py", *sorted(p.relative_to(ROOT).as_posix()
+                                                          for p in (ROOT / "scripts").glob("*.py"))]
+
+
+class Parsed(Exception):
+    """Carries the parser out of a tool's main at the moment it would parse."""
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_option_has_help_and_shows_its_default(tool, monkeypatch):
+    spec = importlib.util.spec_from_file_location(f"tool_{tool.replace('/', '_')[:-3]}", ROOT / tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def grab(self, args=None, namespace=None):
+        raise Parsed(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", grab)
+    entry = getattr(module, "parse_args", None) or module.main
+    if not any(p.default is inspect.Parameter.empty for p in inspect.signature(entry).parameters.values()):
+        call = entry
+    else:
+        call = lambda: entry([])  # noqa: E731
+    try:
+        call()
+    except Parsed as p:
+        parser = p.args[0]
+    else:
+        pytest.skip(f"{tool} takes no options")
+    assert parser.formatter_class is HelpFormatter
+    assert [a.option_strings for a in parser._actions if not a.help] == []
+    shown = [a for a in parser._actions if a.option_strings and a.default not in (None, False, argparse.SUPPRESS)]
+    assert " ".join(parser.format_help().split()).count("(default: ") >= len(shown)
