@@ -96,6 +96,9 @@ def settings_from_args(a, model_defaults: dict | None = None) -> InferenceSettin
     return s
 
 
+MIN_SIDE = 16  # pixels per DiT token side (Wan: VAE 8 x patch 2; DiffHDR-mini: 4 x 4): less is all padding
+
+
 def load_frames(a) -> tuple[torch.Tensor, float]:
     frames, fps = read_video(a.input_video)  # (T, H, W, 3) uint8
     end = None if a.num_frames is None else a.start_frame + a.num_frames
@@ -106,6 +109,9 @@ def load_frames(a) -> tuple[torch.Tensor, float]:
     if a.height:
         w = round(x.shape[-1] * a.height / x.shape[-2])
         x = torch.nn.functional.interpolate(x, size=(a.height, w), mode="bilinear", antialias=True).clamp(0, 1)
+    if min(x.shape[-2:]) < MIN_SIDE:
+        raise InputError(f"{a.input_video}: frames of {x.shape[-1]}x{x.shape[-2]} are below the {MIN_SIDE} pixels a "
+                         "side that one DiT token covers; use a larger --height")
     return x, fps
 
 
@@ -123,7 +129,8 @@ def main(argv=None):
             raise InputError(f"{ckpt}: not a checkpoint folder or a .safetensors LoRA file")
         base = base or color.get("base_model")
     if not base:
-        raise InputError("no base model: pass --base_model (the checkpoint does not name one)")
+        raise InputError("no base model: pass --base_model" + (" (the checkpoint does not name one)"
+                                                               if a.lora_checkpoint else " or --lora_checkpoint"))
     defaults = model_defaults(resolve_backbone(base))
     if defaults and not a.lora_checkpoint:  # a model trained whole (DiffHDR-mini) carries its own
         color = {"gamma": defaults["gamma"], "M": defaults["M"]}

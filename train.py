@@ -115,7 +115,9 @@ def main(argv=None):
         log.info("fp8 attention in %d self-attention layers%s", fp8_attention.use_fp8_attention(model.transformer),
                  "" if acc.device.type == "cuda" else " (CPU: an emulation, for tests)")
     model.vae.to(acc.device)
-    color = {"gamma": cfg.color_mapping.gamma, "M": cfg.color_mapping.M, "base_model": str(base),
+    named = cfg.model.backbone in ("tiny", "mini")  # built in: the name, not this machine's cache path
+    color = {"gamma": cfg.color_mapping.gamma, "M": cfg.color_mapping.M,
+             "base_model": cfg.model.backbone if named else str(base),
              "lora_branch": cfg.model.lora_branch, "profile": cfg.profile}
 
     # ---- resume

@@ -249,8 +249,10 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
         if not files:
             raise InputError(f"{path}: folder holds no PNG/JPEG frames")
         frames = [read_image(p) for p in files]
-        if len({f.shape for f in frames}) != 1:
-            raise InputError(f"{path}: frames differ in size")
+        odd = next((i for i, f in enumerate(frames) if f.shape != frames[0].shape), None)
+        if odd is not None:
+            (h, w), (oh, ow) = frames[0].shape[:2], frames[odd].shape[:2]
+            raise InputError(f"{files[odd]}: {ow}x{oh}, the frames before it {w}x{h}")
         return np.stack(frames), 24.0
     if not path.is_file():
         raise InputError(f"{path}: file not found")

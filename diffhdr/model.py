@@ -174,7 +174,7 @@ class DiffHDRModel(nn.Module):
 
         path = Path(path)
         if not path.is_dir():
-            raise InputError(f"{path}: base model directory not found (see README: Downloading the Base Model)")
+            raise InputError(f"{path}: base model directory not found (the README's Real-model usage says how to download it)")
         missing = [c for c in COMPONENTS if not (path / c).is_dir()]
         if missing:
             raise InputError(f"{path}: base model directory lacks {', '.join(c + '/' for c in missing)}")

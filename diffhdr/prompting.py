@@ -54,7 +54,10 @@ def parse_prompt(text: str) -> Caption:
                 "prompt is not in the '[Overexposed: ...]; [Underexposed: ...]' format; "
                 "using it as the description of both regions"
             )
+        else:
+            log.info("no --prompt: both regions described as 'none'; the exposure masks alone route the work")
         cap = Caption(over=text.strip() or "none", under=text.strip() or "none")
+    log.info("prompt used: %s", cap.text())
     return cap
 
 

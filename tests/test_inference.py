@@ -225,6 +225,9 @@ def test_cli_bad_inputs(tmp_path, checkpoint):
     broken = tmp_path / "ckpt"
     broken.mkdir()
     (broken / "step.txt").write_text("1")
+    (tmp_path / "mixed").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "mixed" / "f0.png")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "mixed" / "f1.png")
     truncated = tmp_path / "cut.safetensors"
     truncated.write_bytes((checkpoint / "adapter_model.safetensors").read_bytes()[:200])
     (tmp_path / "afile").write_text("not a folder")
@@ -233,6 +236,10 @@ def test_cli_bad_inputs(tmp_path, checkpoint):
          "cut.safetensors: unreadable safetensors file"),
         (["--input_video", video, "--lora_checkpoint", checkpoint, "--num_inference_steps", 0],
          "--num_inference_steps must be at least 1"),
+        (["--input_video", video], "no base model: pass --base_model or --lora_checkpoint"),
+        (["--input_video", video, "--lora_checkpoint", checkpoint, "--height", 8],
+         "are below the 16 pixels a side that one DiT token covers"),
+        (["--input_video", tmp_path / "mixed", "--lora_checkpoint", checkpoint], "f1.png: 40x30, the frames before it 32x32"),
         (["--input_video", tmp_path / "bad.mp4", "--lora_checkpoint", checkpoint], "bad.mp4: unreadable video"),
         (["--input_video", tmp_path / "empty", "--lora_checkpoint", checkpoint], "folder holds no PNG/JPEG"),
         (["--input_video", video, "--lora_checkpoint", broken], "checkpoint lacks adapter_config.json"),
@@ -253,7 +260,9 @@ def test_cli_bad_inputs(tmp_path, checkpoint):
 def test_free_text_prompt_is_used_for_both_regions(caplog):
     cap = parse_prompt("a sunny beach")
     assert cap.over == cap.under == "a sunny beach"
-    assert "not in the" in caplog.text
+    assert "not in the" in caplog.text and "prompt used: [Overexposed: a sunny beach]" in caplog.text
+    caplog.clear()
+    assert parse_prompt("").over == "none" and "no --prompt" in caplog.text  # said, not silent
 
 
 @pytest.mark.parametrize("layout,key", [("diffusers", "transformer.blocks.0.attn1.to_q.lora_A.weight"),
