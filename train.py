@@ -71,8 +71,9 @@ def main(argv=None):
     acc = Accelerator(mixed_precision=t.mixed_precision, log_with="wandb" if cfg.use_wandb else None,
                       fsdp_plugin=fsdp_plugin(t.mixed_precision))
     set_seed(t.seed)
-    log.info("%d process(es) (%s), mixed precision: %s", acc.num_processes,
-             acc.distributed_type.value.lower().replace("_", " "), acc.mixed_precision)
+    dist_kind = acc.distributed_type.value.lower().replace("_", " ")
+    kind = "" if acc.distributed_type == DistributedType.NO else f" ({dist_kind})"
+    log.info("%d process(es)%s, mixed precision: %s", acc.num_processes, kind, acc.mixed_precision)
     out = Path(cfg.output_dir)
     earlier = earlier_run(out)
     if earlier and not args.resume_from_checkpoint:

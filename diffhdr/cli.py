@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -22,6 +23,13 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     for noisy in ("httpx", "urllib3", "diffusers", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # their "Loading weights" / "Writing model shards" bars landed inside our own output
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for lib in ("transformers", "diffusers"):
+        try:
+            importlib.import_module(f"{lib}.utils.logging").disable_progress_bar()
+        except ImportError:
+            pass
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
