@@ -118,8 +118,9 @@ def save_adapter(transformer, directory: Path, state: dict[str, torch.Tensor] | 
         save_file(state, str(tmp), metadata={"format": "pt"})
 
 
-def load_adapter(transformer, directory: Path) -> None:
-    """Add (if needed) and fill the LoRA adapter from a checkpoint folder."""
+def load_adapter(transformer, directory: Path, dtype: torch.dtype | None = None) -> None:
+    """Add (if needed) and fill the LoRA adapter from a checkpoint folder. `dtype`: the adapter's
+    weights in this dtype whatever the base's (peft makes them the base's: bf16 rounds a float32 LoRA)."""
     from peft import LoraConfig
     from peft.utils import set_peft_model_state_dict
 
@@ -130,6 +131,10 @@ def load_adapter(transformer, directory: Path) -> None:
     if not getattr(transformer, "peft_config", None):
         known = set(LoraConfig.__dataclass_fields__)
         transformer.add_adapter(LoraConfig(**{k: v for k, v in config.items() if k in known}))
+    if dtype is not None:
+        for name, p in transformer.named_parameters():
+            if ".lora_" in name:
+                p.data = p.data.to(dtype)
     state = load_file(str(directory / ADAPTER_WEIGHTS))
     state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
     _load_checked(transformer, state, directory / ADAPTER_WEIGHTS, set_peft_model_state_dict)
@@ -161,6 +166,8 @@ def export_lora(transformer, path: Path, layout: str) -> int:
             out["transformer." + k] = v
         elif layout == "comfyui":
             m = _KEY.match(k)
+            if m is None or m.group(2) not in DIFFUSERS_TO_WAN:
+                raise InputError(f"{k}: no ComfyUI (Wan) name for this LoRA target; export it with --layout diffusers")
             out[f"diffusion_model.{m.group(1)}.{DIFFUSERS_TO_WAN[m.group(2)]}.{m.group(3)}.weight"] = v
         else:
             raise ValueError(f"unknown LoRA layout {layout!r}")

@@ -36,7 +36,7 @@ def main(argv=None):
     if not path.is_dir():
         raise InputError(f"{path}: base model transformer not found (pass --base_model)")
     transformer = WanVACETransformer3DModel.from_pretrained(path, torch_dtype=torch.bfloat16)
-    load_adapter(transformer, ckpt)
+    load_adapter(transformer, ckpt, dtype=torch.float32)  # trained in float32: exported so, B*alpha/r too
     n = export_lora(transformer, Path(a.output), a.layout)
     print(f"wrote {n} tensors ({a.layout} layout) to {a.output}")
 

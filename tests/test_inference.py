@@ -274,6 +274,18 @@ def test_export_lora_cli(tmp_path, checkpoint, layout, key):
                "--output", tmp_path / "lora.safetensors")
     keys = load_file(tmp_path / "lora.safetensors")
     assert key in keys and len(keys) == 80
+    # float32, as trained: A exactly, B with alpha/r folded in (a bf16 base once rounded both)
+    saved = load_file(checkpoint / "adapter_model.safetensors")
+    scale = json.loads((checkpoint / "adapter_config.json").read_text())
+    scale = scale["lora_alpha"] / scale["r"]
+    a = next(v for k, v in saved.items() if k.endswith("blocks.0.attn1.to_q.lora_A.weight") and "vace" not in k)
+    b = next(v for k, v in saved.items() if k.endswith("blocks.0.attn1.to_q.lora_B.weight") and "vace" not in k)
+    exported_a = next(v for k, v in keys.items() if ("blocks.0.attn1.to_q" in k or "blocks.0.self_attn.q" in k)
+                      and "vace" not in k and ("lora_A" in k or "lora_down" in k))
+    exported_b = next(v for k, v in keys.items() if ("blocks.0.attn1.to_q" in k or "blocks.0.self_attn.q" in k)
+                      and "vace" not in k and ("lora_B" in k or "lora_up" in k))
+    assert exported_a.dtype == torch.float32 and torch.equal(exported_a, a.float())
+    assert torch.equal(exported_b, b.float() * scale)
 
 
 def test_previous_window_reference_changes_later_windows_only():

@@ -81,6 +81,16 @@ def test_comfyui_export_uses_wan_names(tmp_path):
     assert "diffusion_model.blocks.1.cross_attn.o.lora_A.weight" in keys
 
 
+def test_comfyui_export_of_a_target_without_a_wan_name_says_so(tmp_path):
+    from peft import LoraConfig
+
+    a = tiny_model()
+    a.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["proj_out"]))
+    with pytest.raises(InputError, match="proj_out.lora_A.weight: no ComfyUI .Wan. name for this LoRA target"):
+        export_lora(a.transformer, tmp_path / "comfy.safetensors", "comfyui")
+    assert not (tmp_path / "comfy.safetensors").exists()
+
+
 def release_state(transformer, rank=4, seed=1):
     """A LoRA in the authors' DiffSynth key layout for the tiny model's VACE blocks."""
     g = torch.Generator().manual_seed(seed)
