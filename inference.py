@@ -23,7 +23,7 @@ import torch
 from diffhdr.checkpoint import check_checkpoint, model_defaults, read_color_config
 from diffhdr.cli import HelpFormatter, run
 from diffhdr.io import InputError, read_image, read_video
-from diffhdr.lora_io import load_any_lora
+from diffhdr.lora_io import file_color_mapping, load_any_lora
 from diffhdr.model import DiffHDRModel
 from diffhdr.outputs import prepare_output_dir, write_outputs
 from diffhdr.parallel import CP_KINDS, finish_distributed, init_distributed, local_device, setup_parallelism
@@ -33,7 +33,6 @@ from diffhdr.runtime import MEMORY_MODES, SPEED_MODES, apply_memory_mode, apply_
 from diffhdr.tiny import resolve_backbone
 
 log = logging.getLogger("diffhdr.inference")
-RELEASE_COLOR = {"gamma": 2.2, "M": 65536.0}  # the authors' DiffHDR.safetensors
 
 
 def parse_args(argv):
@@ -78,6 +77,9 @@ def parse_args(argv):
     p.add_argument("--cfg_parallel", action="store_true",
                    help="several GPUs: the conditional and unconditional forwards of guided steps on two halves "
                         "of them (each half splits its tokens by --context_parallel)")
+    p.add_argument("--gamma", type=float, help="Log-Gamma gamma of a LoRA file that does not carry it (else read "
+                                               "from the checkpoint or the file)")
+    p.add_argument("--M", type=float, help="Log-Gamma M of a LoRA file that does not carry it (as --gamma)")
     p.add_argument("--overwrite", action="store_true", help="replace frames already in --output_dir")
     p.add_argument("--hdr10_preview", action="store_true",
                    help="also write preview_hdr10.mp4 (HEVC Main10, PQ, BT.2020; linear 1.0 = 203 cd/m2)")
@@ -124,10 +126,15 @@ def main(argv=None):
             check_checkpoint(ckpt)
             color = read_color_config(ckpt)
         elif ckpt.suffix == ".safetensors" and ckpt.is_file():
-            color = RELEASE_COLOR
+            color = file_color_mapping(ckpt)
+            if color is None and (a.gamma is None or a.M is None):
+                raise InputError(f"{ckpt}: says nothing of the Log-Gamma gamma/M it was trained with (no DiffHDR "
+                                 "metadata, not the authors' DiffHDR.safetensors); pass --gamma and --M")
+            color = color or {}
         else:
             raise InputError(f"{ckpt}: not a checkpoint folder or a .safetensors LoRA file")
         base = base or color.get("base_model")
+        color = color | {k: v for k, v in (("gamma", a.gamma), ("M", a.M)) if v is not None}
     if not base:
         raise InputError("no base model: pass --base_model" + (" (the checkpoint does not name one)"
                                                                if a.lora_checkpoint else " or --lora_checkpoint"))

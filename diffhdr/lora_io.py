@@ -156,8 +156,32 @@ def _load_checked(transformer, state: dict, source: Path, setter) -> None:
     setter(transformer, state)
 
 
-def export_lora(transformer, path: Path, layout: str) -> int:
-    """Write the LoRA as `layout` 'diffusers' or 'comfyui', the alpha/r scale folded into B."""
+COLOR_METADATA = "diffhdr_color_mapping"  # safetensors metadata key of an export: gamma, M, base, branch, profile
+RELEASE_COLOR = {"gamma": 2.2, "M": 65536.0}  # the authors' DiffHDR.safetensors (reference-facts section 2)
+
+
+def file_color_mapping(path: Path) -> dict | None:
+    """What a single LoRA file says of its colour mapping: our exports carry it in their metadata;
+    the authors' DiffHDR.safetensors is known by its key layout (DiffSynth's 'vace_blocks.N.<wan
+    name>.lora_A.default.weight'); anything else says nothing (None)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta, keys = f.metadata() or {}, list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise InputError(f"{path}: unreadable safetensors file ({e})") from None
+    if COLOR_METADATA in meta:
+        return json.loads(meta[COLOR_METADATA])
+    release = re.compile(r"^vace_blocks\.\d+\.(self_attn|cross_attn|ffn)\.[a-z0-9]+\.lora_[AB]\.default\.weight$")
+    if keys and all(release.match(k) for k in keys):
+        return dict(RELEASE_COLOR)
+    return None
+
+
+def export_lora(transformer, path: Path, layout: str, color: dict | None = None) -> int:
+    """Write the LoRA as `layout` 'diffusers' or 'comfyui', the alpha/r scale folded into B; `color`
+    (the checkpoint's color_mapping_config.json) goes into the metadata, for inference to read."""
     scale = _scale(transformer)
     out = {}
     for k, v in _lora_state(transformer).items():
@@ -171,8 +195,9 @@ def export_lora(transformer, path: Path, layout: str) -> int:
             out[f"diffusion_model.{m.group(1)}.{DIFFUSERS_TO_WAN[m.group(2)]}.{m.group(3)}.weight"] = v
         else:
             raise ValueError(f"unknown LoRA layout {layout!r}")
+    meta = {"format": "pt"} | ({COLOR_METADATA: json.dumps(color)} if color else {})
     with atomic_path(path) as tmp:
-        save_file(out, str(tmp), metadata={"format": "pt"})
+        save_file(out, str(tmp), metadata=meta)
     return len(out)
 
 

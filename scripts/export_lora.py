@@ -30,14 +30,15 @@ def main(argv=None):
     a = p.parse_args(argv)
     ckpt = Path(a.checkpoint)
     check_checkpoint(ckpt)
-    base = a.base_model or read_color_config(ckpt).get("base_model")
+    color = read_color_config(ckpt)
+    base = a.base_model or color.get("base_model")
     # The transformer alone, on the CPU: the LoRA's shapes are checked against it.
     path = resolve_backbone(base) / "transformer"
     if not path.is_dir():
         raise InputError(f"{path}: base model transformer not found (pass --base_model)")
     transformer = WanVACETransformer3DModel.from_pretrained(path, torch_dtype=torch.bfloat16)
     load_adapter(transformer, ckpt, dtype=torch.float32)  # trained in float32: exported so, B*alpha/r too
-    n = export_lora(transformer, Path(a.output), a.layout)
+    n = export_lora(transformer, Path(a.output), a.layout, color)  # gamma/M travel with the file
     print(f"wrote {n} tensors ({a.layout} layout) to {a.output}")
 
 

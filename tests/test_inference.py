@@ -268,7 +268,7 @@ def test_free_text_prompt_is_used_for_both_regions(caplog):
 @pytest.mark.parametrize("layout,key", [("diffusers", "transformer.blocks.0.attn1.to_q.lora_A.weight"),
                                         ("comfyui", "diffusion_model.blocks.0.self_attn.q.lora_A.weight")])
 def test_export_lora_cli(tmp_path, checkpoint, layout, key):
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     run_script("scripts/export_lora.py", "--checkpoint", checkpoint, "--layout", layout,
                "--output", tmp_path / "lora.safetensors")
@@ -286,6 +286,20 @@ def test_export_lora_cli(tmp_path, checkpoint, layout, key):
                       and "vace" not in k and ("lora_B" in k or "lora_up" in k))
     assert exported_a.dtype == torch.float32 and torch.equal(exported_a, a.float())
     assert torch.equal(exported_b, b.float() * scale)
+    if layout != "comfyui":  # the release's loader reads the ComfyUI (Wan-named) layout
+        return
+    # decoded with the M it was trained with (1000), read from the file, not the release's 65536
+    video = make_ldr_video(tmp_path / "in.mp4", frames=5)
+    args = ["inference.py", "--input_video", video, "--num_inference_steps", 1, "--base_model", "tiny"]
+    run_script(*args, "--lora_checkpoint", tmp_path / "lora.safetensors", "--output_dir", tmp_path / "o")
+    assert json.loads((tmp_path / "o/settings.json").read_text())["M"] == 1000.0
+    save_file(load_file(tmp_path / "lora.safetensors"), tmp_path / "bare.safetensors")  # no metadata
+    proc = run_script(*args, "--lora_checkpoint", tmp_path / "bare.safetensors", "--output_dir", tmp_path / "b",
+                      check=False)
+    assert proc.returncode == 2 and "pass --gamma and --M" in proc.stderr.splitlines()[-1]
+    run_script(*args, "--lora_checkpoint", tmp_path / "bare.safetensors", "--output_dir", tmp_path / "b",
+               "--gamma", 2.2, "--M", 500)
+    assert json.loads((tmp_path / "b/settings.json").read_text())["M"] == 500.0
 
 
 def test_previous_window_reference_changes_later_windows_only():

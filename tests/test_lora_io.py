@@ -121,6 +121,20 @@ def test_release_layout_loads_with_every_key_consumed(tmp_path):
     assert torch.allclose(lin(x), expected, atol=1e-5)
 
 
+def test_a_lora_file_says_its_colour_mapping_or_nothing(tmp_path):
+    from diffhdr.lora_io import file_color_mapping
+
+    m = tiny_model()
+    save_file(release_state(m.transformer), tmp_path / "DiffHDR.safetensors")
+    assert file_color_mapping(tmp_path / "DiffHDR.safetensors") == {"gamma": 2.2, "M": 65536.0}  # by its keys
+    m.add_lora(ModelConfig(lora_rank=4, lora_alpha=4.0))
+    color = {"gamma": 2.2, "M": 1000.0, "base_model": "tiny", "lora_branch": "main", "profile": "spec"}
+    export_lora(m.transformer, tmp_path / "comfy.safetensors", "comfyui", color)
+    assert file_color_mapping(tmp_path / "comfy.safetensors") == color
+    save_file(load_file(tmp_path / "comfy.safetensors"), tmp_path / "bare.safetensors")  # metadata dropped
+    assert file_color_mapping(tmp_path / "bare.safetensors") is None
+
+
 def test_release_layout_rejects_mismatches(tmp_path):
     m = tiny_model()
     state = release_state(m.transformer)
