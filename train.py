@@ -33,7 +33,7 @@ from diffhdr.model import DiffHDRModel, compile_blocks, lora_inputs_stay_in_comp
 from diffhdr.parallel import finish_distributed
 from diffhdr.prompting import TextCache
 from diffhdr.runtime import use_fp8_training_linears
-from diffhdr.tiny import resolve_backbone
+from diffhdr.tiny import BUILT_IN, resolve_backbone
 from diffhdr.training import (StepClock, batch_loss, fsdp_plugin, lr_lambda, preflight, step_generator, validation_loss,
                               write_validation_sample)
 
@@ -116,9 +116,8 @@ def main(argv=None):
         log.info("fp8 attention in %d self-attention layers%s", fp8_attention.use_fp8_attention(model.transformer),
                  "" if acc.device.type == "cuda" else " (CPU: an emulation, for tests)")
     model.vae.to(acc.device)
-    named = cfg.model.backbone in ("tiny", "mini")  # built in: the name, not this machine's cache path
     color = {"gamma": cfg.color_mapping.gamma, "M": cfg.color_mapping.M,
-             "base_model": cfg.model.backbone if named else str(base),
+             "base_model": cfg.model.backbone if cfg.model.backbone in BUILT_IN else str(base),
              "lora_branch": cfg.model.lora_branch, "profile": cfg.profile}
 
     # ---- resume

@@ -124,16 +124,16 @@ def validate_dataset(seqs: list[Path], pattern: str, frames: int, policy: str, m
     problems = [f"{s}: {len(p)} frames matching {pattern}, expected data.sequence_frames={frames}"
                 for s, p in paths.items() if len(p) != frames]
     files = [f for p in paths.values() for f in p]
-    full = mode == "full"
+    full, done = mode == "full", {}
     if mode == "auto" and files:  # a full scan when the first frames say it ends within a minute
         t0 = time.perf_counter()
-        sample = files[: min(8, len(files))]
-        for f in sample:
-            _frame_problem(f, True, policy)
-        full = (time.perf_counter() - t0) / len(sample) * len(files) < 60
+        done = {f: _frame_problem(f, True, policy) for f in files[:8]}
+        full = (time.perf_counter() - t0) / len(done) * len(files) < 60
+        if not full:
+            done = {}
     sizes: dict[Path, set] = {}
     for f in tqdm(files, desc=f"checking frames ({'pixels' if full else 'headers'})", disable=not progress):
-        problem, size = _frame_problem(f, full, policy)
+        problem, size = done[f] if f in done else _frame_problem(f, full, policy)
         if problem:
             problems.append(problem)
         elif size:

@@ -12,6 +12,7 @@ Wan <-> diffusers names follow diffusers' scripts/convert_wan_to_diffusers.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -21,21 +22,29 @@ from safetensors.torch import save_file
 
 from .io import InputError, atomic_path
 
-def load_file(path) -> dict[str, torch.Tensor]:
-    """safetensors' load_file, with a truncated or foreign file reported in one line."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file as load
-
-    try:
-        return load(str(path))
-    except (SafetensorError, OSError) as e:
-        raise InputError(f"{path}: unreadable safetensors file ({e})") from None
-
-
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FULL_DIR, FULL_WEIGHTS = "transformer", "diffusion_pytorch_model.safetensors"  # a transformer trained whole
 PEFT_PREFIX = "base_model.model."
+
+
+@contextlib.contextmanager
+def _readable(path):
+    """A truncated or foreign safetensors file, reported in one line."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError) as e:
+        raise InputError(f"{path}: unreadable safetensors file ({e})") from None
+
+
+def load_file(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file as load
+
+    with _readable(path):
+        return load(str(path))
+
 
 # Wan / DiffSynth module names -> diffusers names, for the modules LoRA touches.
 WAN_TO_DIFFUSERS = {
@@ -164,13 +173,10 @@ def file_color_mapping(path: Path) -> dict | None:
     """What a single LoRA file says of its colour mapping: our exports carry it in their metadata;
     the authors' DiffHDR.safetensors is known by its key layout (DiffSynth's 'vace_blocks.N.<wan
     name>.lora_A.default.weight'); anything else says nothing (None)."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta, keys = f.metadata() or {}, list(f.keys())
-    except (SafetensorError, OSError) as e:
-        raise InputError(f"{path}: unreadable safetensors file ({e})") from None
+    with _readable(path), safe_open(str(path), "pt") as f:
+        meta, keys = f.metadata() or {}, list(f.keys())
     if COLOR_METADATA in meta:
         return json.loads(meta[COLOR_METADATA])
     release = re.compile(r"^vace_blocks\.\d+\.(self_attn|cross_attn|ffn)\.[a-z0-9]+\.lora_[AB]\.default\.weight$")
@@ -231,7 +237,8 @@ def load_reference_lora(transformer, path: Path) -> int:
 
 
 def load_any_lora(transformer, path: Path) -> str:
-    """A checkpoint folder (ours) or a single .safetensors file in the release's layout."""
+    """A checkpoint folder (ours) or a single .safetensors file in Wan names (the release's, or our
+    ComfyUI export)."""
     path = Path(path)
     if (path / FULL_DIR).is_dir():
         load_transformer_weights(transformer, path / FULL_DIR)

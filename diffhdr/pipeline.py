@@ -221,7 +221,7 @@ def denoise(
     model, context, cond, uncond, noise, settings: InferenceSettings, gates=None, progress: bool = True,
     cfg_parallel=None,
 ) -> torch.Tensor:
-    """Denoise one window. context (1, 2C + 64, T', h, w), noise (1, C, T', h, w) -> latents.
+    """Denoise one window. context (1, 2C + s^2, T', h, w), noise (1, C, T', h, w) -> latents.
     `cfg_parallel` (diffhdr.parallel.CFGParallel): this rank computes one branch of each guided
     step and receives the other's."""
     scheduler = make_scheduler(model, settings)

@@ -133,6 +133,9 @@ def write_tiny_model(path: str | Path, seed: int = 0, transformer: dict = TINY_T
     return path
 
 
+BUILT_IN = ("tiny", "mini")  # backbone names resolve_backbone knows: stored by name, not by this machine's path
+
+
 def resolve_backbone(backbone: str) -> Path:
     """'tiny' -> the built-in tiny model directory (written on first use); 'mini' -> the shipped
     DiffHDR-mini; else the path itself."""
