@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,8 +33,8 @@ from diffhdr.parallel import finish_distributed
 from diffhdr.prompting import TextCache
 from diffhdr.runtime import use_fp8_training_linears
 from diffhdr.tiny import BUILT_IN, resolve_backbone
-from diffhdr.training import (StepClock, batch_loss, fsdp_plugin, lr_lambda, preflight, step_generator, validation_loss,
-                              write_validation_sample)
+from diffhdr.training import (StepClock, StopFlag, batch_loss, fsdp_plugin, lr_lambda, preflight, step_generator,
+                              validation_loss, write_validation_sample)
 
 log = logging.getLogger("diffhdr.train")
 
@@ -48,17 +47,6 @@ def parse_args(argv):
     p.add_argument("--overwrite", action="store_true",
                    help="delete the checkpoints and metrics of an earlier run in output_dir and start afresh")
     return p.parse_args(argv)
-
-
-class StopFlag:
-    """SIGTERM (SLURM pre-emption or time limit) -> finish the step, checkpoint, exit."""
-
-    def __init__(self):
-        self.set = False
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, *_):
-        self.set = True
 
 
 def main(argv=None):

@@ -12,8 +12,8 @@ with configs/train.yaml's switches (LoRA r=32, bf16, selective checkpointing, to
 shapes, written once into --work; the clips are generated 720p EXR sequences. Each run trains
 --steps optimizer steps; the first includes compilation, so s/step is the mean of the others
 (train.py's metrics.jsonl). Efficiency = t(1 GPU) / t(N GPUs): each GPU does the same work.
-With --resume, each distributed run then resumes from its step-1 checkpoint and trains step 2 again: its loss
-must repeat.
+With --resume RUNS, each of those runs then resumes from its step-1 checkpoint and trains step 2 again: its
+loss must repeat.
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines()] if f.is_file() else []
 
 
-def run(kind: str, n: int, base: Path, data: Path, a, shape) -> dict:
+def run(name: str, n: int, base: Path, data: Path, a, shape) -> dict:
+    kind = "ddp" if name == "ddp1" else name
     out = Path(a.work) / f"run_{kind}{n}"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     out.mkdir(parents=True)
@@ -145,11 +146,11 @@ def run(kind: str, n: int, base: Path, data: Path, a, shape) -> dict:
             "first_step_s": m[0].get("s_per_step") if m else None,
             "peak_gib": max((r["peak_gib"] for r in m if "peak_gib" in r), default=None),
             "losses": [r["loss"] for r in m]}
-    if a.resume and n > 1 and code == 0 and len(m) >= 2:
+    if name in a.resume.split(",") and code == 0 and len(m) >= 2:
         row["resume_exit"] = call(cmd + ["--config", str(cfg), "--resume_from_checkpoint",
                                          str(out / "checkpoint-000001"), "--max_steps", "2"], env, a.run_timeout)
         resumed = metrics(out)[len(m):]
-        row["resumed_step2_loss"] = resumed[0]["loss"] if resumed else None
+        row["step2_loss"], row["resumed_step2_loss"] = m[1]["loss"], resumed[0]["loss"] if resumed else None
     return row
 
 
@@ -162,7 +163,7 @@ def main():
     p.add_argument("--gib", type=float, default=80.0, help="GPU memory cap per process")
     p.add_argument("--runs", default="ddp1,ddp,fsdp", help="which of ddp1 (one GPU), ddp, fsdp")
     p.add_argument("--run_timeout", type=float, default=1800, help="seconds before a run is killed")
-    p.add_argument("--resume", action="store_true", help="resume each distributed run from step 1")
+    p.add_argument("--resume", default="", help="runs (of --runs) to resume from step 1 afterwards")
     p.add_argument("--work", default="runs/bench_train_scaling", help="base model, clips and runs")
     a = p.parse_args()
     Path(a.work).mkdir(parents=True, exist_ok=True)
@@ -171,11 +172,11 @@ def main():
     torch.cuda.empty_cache()
     rows = []
     for r in a.runs.split(","):
-        rows.append(run("ddp" if r == "ddp1" else r, 1 if r == "ddp1" else a.gpus, base, data, a, shape))
+        rows.append(run(r, 1 if r == "ddp1" else a.gpus, base, data, a, shape))
         print(common.table(rows[-1:], ["run", "exit", "s_per_step", "peak_gib"]), flush=True)
         report(rows, a, shape)  # after every run: a later one may not finish
     print(common.table(rows, ["run", "exit", "s_per_step", "efficiency", "peak_gib", "first_step_s",
-                              "resumed_step2_loss"]))
+                              "step2_loss", "resumed_step2_loss"]))
 
 
 def report(rows: list[dict], a, shape) -> None:

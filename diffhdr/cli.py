@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 from .config import ConfigError
@@ -56,4 +58,11 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except Exception:  # a bug, not bad input: the whole trace
+        traceback.print_exc()
+        code = 1
+    # Out here the exception and main()'s frames are gone, so a DataLoader's workers shut down now,
+    # by their queue. Left to the exit handlers, they would be stopped by SIGTERM, which they ignore
+    # (dataset.ignore_sigterm): the process never ended.
+    gc.collect()
     sys.exit(code or 0)

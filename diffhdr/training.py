@@ -5,6 +5,7 @@ so a resumed run continues the exact same stream."""
 from __future__ import annotations
 
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -15,6 +16,17 @@ from .config import Config
 from .dataset import condition_batch
 from .io import write_exr
 from .losses import add_noise, flow_matching_loss, reference_weight, sample_sigmas
+
+
+class StopFlag:
+    """SIGTERM (SLURM pre-emption or time limit) -> finish the step, checkpoint, exit."""
+
+    def __init__(self):
+        self.set = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_):
+        self.set = True
 
 
 def fsdp_plugin(mixed_precision: str):

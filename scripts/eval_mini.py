@@ -13,6 +13,7 @@ true median (it knows the ground truth).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -33,22 +34,43 @@ def parse_args(argv):
     p.add_argument("--base_model", default="mini", help="model to score")
     p.add_argument("--sequences", type=int, default=12, help="how many sequences (spread over the images)")
     p.add_argument("--frames", type=int, default=33, help="clip length")
+    p.add_argument("--speed", choices=("naive", "default", "fast"), default="naive",
+                   help="inference.py's --speed (fast: fp8 GEMMs on a GPU, guidance on fewer steps)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="inference settings over the model's defaults, e.g. guidance_scale=1 alpha_over=3")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--out", help="JSON of the table")
     return p.parse_args(argv)
+
+
+def overrides(pairs: list[str], settings) -> dict:
+    """KEY=VALUE strings -> settings fields, each typed as the field's current value."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not hasattr(settings, key):
+            raise SystemExit(f"--set {pair}: InferenceSettings has no field {key!r}")
+        kind = type(getattr(settings, key))
+        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
 
 
 def main(argv=None):
     a = parse_args(argv)
     from diffhdr.checkpoint import model_defaults
     from diffhdr.model import DiffHDRModel
-    from diffhdr.pipeline import InferenceSettings, reconstruct
+    from diffhdr.pipeline import FAST_GUIDANCE, InferenceSettings, reconstruct
     from diffhdr.prompting import parse_prompt
+    from diffhdr.runtime import apply_speed_mode
     from diffhdr.tiny import resolve_backbone
 
     base = resolve_backbone(a.base_model)
     defaults = model_defaults(base)
-    model = DiffHDRModel.from_pretrained(base, dtype=torch.float32)
-    settings = InferenceSettings(**defaults["inference"])
+    device = torch.device(a.device)
+    model = DiffHDRModel.from_pretrained(base, torch.float32 if device.type == "cpu" else torch.bfloat16, device)
+    settings = InferenceSettings(**defaults["inference"], **(FAST_GUIDANCE if a.speed == "fast" else {}))
+    settings = dataclasses.replace(settings, **overrides(a.set, settings))
+    apply_speed_mode(model, a.speed, device)
     seqs = list_sequences(a.dataset_root)
     seqs = seqs[:: max(1, len(seqs) // a.sequences)][: a.sequences]
     rows, t0 = {}, time.time()
@@ -58,7 +80,8 @@ def main(argv=None):
         ldr = torch.floor(linear_to_srgb(gt) * 255) / 255
         clipped = clipped_pixels((ldr * 255).round().byte().permute(0, 2, 3, 1).numpy())  # as evaluate.py --ldr
         caption = parse_prompt((seq / "caption.txt").read_text())
-        pred = reconstruct(model, ldr, caption, defaults["gamma"], defaults["M"], settings, progress=False)
+        pred = reconstruct(model, ldr, caption, defaults["gamma"], defaults["M"], settings, device=device,
+                           progress=False).cpu()
         g = gt.permute(0, 2, 3, 1).numpy()
         lin = srgb_to_linear(ldr).permute(0, 2, 3, 1).numpy()
         oracle = lin.copy()
@@ -75,7 +98,9 @@ def main(argv=None):
     print(f"{len(seqs)} clips, {time.time() - t0:.0f} s")
     if a.out:
         Path(a.out).write_text(json.dumps({"clips": len(seqs), "frames": a.frames, "evs": [1, 2],
-                                           "dataset_root": str(a.dataset_root), "results": table}, indent=2))
+                                           "dataset_root": str(a.dataset_root), "device": str(device),
+                                           "speed": a.speed, "settings": dataclasses.asdict(settings),
+                                           "results": table}, indent=2))
 
 
 if __name__ == "__main__":

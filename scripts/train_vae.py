@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ def parse_args(argv):
     p.add_argument("--M", type=float, default=1000.0, help="Log-Gamma M (as the DiT's config)")
     p.add_argument("--seed", type=int, default=0, help="seed of every draw")
     p.add_argument("--workers", type=int, default=8, help="data loader processes")
+    p.add_argument("--val_root", help="held-out sequences: the loss on 8 of their clips (T x 128 x 128) is logged")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     return p.parse_args(argv)
 
@@ -70,10 +72,10 @@ def vae_inputs(hdr: torch.Tensor, g: torch.Generator, a) -> torch.Tensor:
 class Clips(torch.utils.data.Dataset):
     """Clip number i: a random crop of a random sequence, drawn from (seed, i), as VAE input."""
 
-    def __init__(self, a):
+    def __init__(self, a, root, clip=None):
         from diffhdr.dataset import count_frames, list_sequences
 
-        self.a, self.seqs = a, list_sequences(a.dataset_root)
+        self.a, self.seqs, self.clip = a, list_sequences(root), clip or a.clip
         self.counts = [count_frames(s, "frame_%05d.exr") for s in self.seqs]
 
     def __len__(self):
@@ -82,19 +84,37 @@ class Clips(torch.utils.data.Dataset):
     def __getitem__(self, i):
         from diffhdr.dataset import read_frames, resize_to_cover
 
-        T, H, W = self.a.clip
+        T, H, W = self.clip
         g = torch.Generator().manual_seed(self.a.seed * 1_000_003 + i)
         k = int(torch.randint(len(self.seqs), (), generator=g))
         start = int(torch.randint(self.counts[k] - T + 1, (), generator=g))
         x = resize_to_cover(read_frames(self.seqs[k], "frame_%05d.exr", start, T), H, W)
+        H, W = min(H, x.shape[-2]), min(W, x.shape[-1])  # frames smaller than the crop: whole frames
         top = int(torch.randint(x.shape[-2] - H + 1, (), generator=g))
         left = int(torch.randint(x.shape[-1] - W + 1, (), generator=g))
         return vae_inputs(x[None, ..., top : top + H, left : left + W], g, self.a)[0]
 
 
+def reconstruction_loss(vae, x, sample: bool, kl: float) -> torch.Tensor:
+    post = vae.encode(x).latent_dist
+    rec = vae.decode(post.sample() if sample else post.mode()).sample
+    return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + kl * post.kl().mean()
+
+
+@torch.no_grad()
+def validation_loss(vae, clips: Clips, device) -> float:
+    vae.eval()
+    loss = sum(reconstruction_loss(vae, clips[i][None].to(device), False, 0.0).item() for i in range(8)) / 8
+    vae.train()
+    return loss
+
+
 def main(argv=None):
     a = parse_args(argv)
     from diffusers import AutoencoderKLWan
+
+    from diffhdr.dataset import ignore_sigterm
+    from diffhdr.training import StopFlag
 
     torch.manual_seed(a.seed)
     vae_dir = Path(a.model_dir) / "vae"
@@ -102,24 +122,30 @@ def main(argv=None):
     opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, weight_decay=0.0)
     # cosine to a tenth: a short run ends on small steps, which the reconstruction's last digits need
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / a.steps)))
-    loader = iter(torch.utils.data.DataLoader(Clips(a), batch_size=a.batch_size, num_workers=a.workers))
+    loader = iter(torch.utils.data.DataLoader(Clips(a, a.dataset_root), batch_size=a.batch_size, num_workers=a.workers,
+                                              worker_init_fn=ignore_sigterm))
+    val = Clips(a, a.val_root, (a.clip[0], 128, 128)) if a.val_root else None  # one size whatever --clip is
+    stop = StopFlag()  # SIGTERM (a time limit): finish the step, save the VAE as it is
 
     def batch():
         return next(loader).to(a.device)
 
-    bar = tqdm(range(a.steps), desc="vae")
-    for step in bar:
-        x = batch()
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=None)).sample
-        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + a.kl * post.kl().mean()
+    t0 = time.perf_counter()
+    for step in tqdm(range(a.steps), desc="vae"):
+        loss = reconstruction_loss(vae, batch(), True, a.kl)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % 100 == 0 or step == a.steps - 1:
-            log.info("step=%d/%d loss=%.5f", step + 1, a.steps, loss.item())
+        last = step == a.steps - 1 or stop.set
+        if step % 100 == 0 or last:
+            held_out = f" val_loss={validation_loss(vae, val, a.device):.5f}" if val and (step % 500 == 0 or last) else ""
+            log.info("step=%d/%d loss=%.5f%s (%.3f s/step)", step + 1, a.steps, loss.item(), held_out,
+                     (time.perf_counter() - t0) / (step + 1))
+        if stop.set:
+            log.info("SIGTERM: stopped at step %d; saving the VAE as it is", step + 1)
+            break
     vae.eval()
     with torch.no_grad():  # latent statistics, for the normalisation the DiT sees
         z = torch.cat([vae.encode(batch()).latent_dist.mode() for _ in range(8)])

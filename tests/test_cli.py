@@ -1,8 +1,11 @@
-"""Every command-line tool: each option says what it is for and shows its default."""
+"""Every command-line tool: each option says what it is for and shows its default; a crash ends the process."""
 
 import argparse
 import importlib.util
 import inspect
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -42,3 +45,26 @@ def test_every_option_has_help_and_shows_its_default(tool, monkeypatch):
     assert [a.option_strings for a in parser._actions if not a.help] == []
     shown = [a for a in parser._actions if a.option_strings and a.default not in (None, False, argparse.SUPPRESS)]
     assert " ".join(parser.format_help().split()).count("(default: ") >= len(shown)
+
+
+CRASH_WITH_WORKERS = textwrap.dedent("""
+    import torch
+    from diffhdr.cli import run
+    from diffhdr.dataset import ignore_sigterm
+
+    def main(argv):
+        data = torch.utils.data.TensorDataset(torch.zeros(8, 2))
+        batches = iter(torch.utils.data.DataLoader(data, num_workers=1, worker_init_fn=ignore_sigterm))
+        next(batches)
+        raise RuntimeError("a bug mid-run")
+
+    run(main)
+""")
+
+
+def test_a_crash_with_loader_workers_alive_exits_with_its_trace():
+    # The workers ignore SIGTERM (they must outlive a SLURM signal to the group); the exit handlers'
+    # SIGTERM then never stopped them, and a crashed run hung forever instead of ending.
+    p = subprocess.run([sys.executable, "-c", CRASH_WITH_WORKERS], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert "RuntimeError: a bug mid-run" in p.stderr and "Traceback" in p.stderr
