@@ -13,8 +13,10 @@ python3 scripts/make_hdri_dataset.py --images "$images" --out "$out/data" --sequ
   --frames 33 --height 144 --width 176 --overwrite
 python3 -c "from diffhdr.tiny import MINI_TRANSFORMER, MINI_VAE, write_tiny_model
 write_tiny_model('$out/base', transformer=MINI_TRANSFORMER, vae=MINI_VAE)"
-python3 scripts/train_vae.py --model_dir "$out/base" --dataset_root "$out/data/train" --steps "${VAE_STEPS:-1000}" \
-  --lr "${VAE_LR:-6e-4}"
+# 64 px crops x 8 (0.57 s a step on an H200) beat 128 px x 4 (0.59 s) on held-out loss, 0.165 against 0.279 after
+# ~100 steps: the VAE is convolutional, and more clips a second teach it more than larger ones
+python3 scripts/train_vae.py --model_dir "$out/base" --dataset_root "$out/data/train" --val_root "$out/data/val" \
+  --clip 33 64 64 --batch_size 8 --steps "${VAE_STEPS:-1000}" --lr "${VAE_LR:-6e-4}"
 sed -e "s#runs/mini#$out#g" configs/mini.yaml > "$out/mini.yaml"
 gpus=${DIT_GPUS:-1}
 launch=(python3)
