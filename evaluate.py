@@ -28,7 +28,8 @@ import numpy as np
 
 from diffhdr import metrics as M
 from diffhdr.cli import HelpFormatter, run
-from diffhdr.io import IMAGE_EXTS, InputError, atomic_path, read_exr, read_video
+from diffhdr.errors import InputError
+from diffhdr.io import IMAGE_EXTS, atomic_path, read_exr, read_video
 from diffhdr.outputs import preview_frames
 
 log = logging.getLogger("diffhdr.evaluate")

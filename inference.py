@@ -18,19 +18,18 @@ import logging
 import os
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
-from diffhdr.checkpoint import check_checkpoint, model_defaults, read_color_config
 from diffhdr.cli import HelpFormatter, run
-from diffhdr.io import InputError, read_image, read_video
-from diffhdr.lora_io import file_color_mapping, load_any_lora
-from diffhdr.model import DiffHDRModel
-from diffhdr.outputs import prepare_output_dir, write_outputs
-from diffhdr.parallel import CP_KINDS, finish_distributed, init_distributed, local_device, setup_parallelism
-from diffhdr.pipeline import FAST_GUIDANCE, PRESETS, InferenceSettings, encode_texts, reconstruct
-from diffhdr.prompting import parse_prompt
-from diffhdr.runtime import MEMORY_MODES, SPEED_MODES, apply_memory_mode, apply_speed_mode, merge_lora
-from diffhdr.tiny import resolve_backbone
+from diffhdr.errors import InputError
+from diffhdr.options import CP_KINDS, MEMORY_MODES, PRESETS, SPEED_MODES
+
+if TYPE_CHECKING:
+    import torch
+
+    from diffhdr.pipeline import InferenceSettings
+
+# torch, diffusers and the model code are imported after parsing (in the functions below): --help answers at once.
 
 log = logging.getLogger("diffhdr.inference")
 
@@ -70,7 +69,7 @@ def parse_args(argv):
                    help="fp8 self-attention (default: on with --speed default/fast where it runs: Hopper, "
                         "nvidia-cudnn-frontend, heads of 128); --no-fp8_attention keeps it bf16")
     p.add_argument("--memory", choices=MEMORY_MODES, default="auto", help="where the weights live; auto picks by GPU memory")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--device", help="torch device (default: cuda where there is one, else cpu)")
     p.add_argument("--context_parallel", choices=CP_KINDS, default="ulysses",
                    help="attention across GPUs when launched with torchrun on several processes (ring is "
                         "refused until it is shown to match one GPU: docs/multi_gpu.md)")
@@ -88,6 +87,8 @@ def parse_args(argv):
 
 def settings_from_args(a, model_defaults: dict | None = None) -> InferenceSettings:
     """Preset, then the base model's own defaults (diffhdr_defaults.json), then --speed fast, then flags."""
+    from diffhdr.pipeline import FAST_GUIDANCE, InferenceSettings
+
     s = dataclasses.replace(InferenceSettings(), **PRESETS[a.preset], **(model_defaults or {}))
     if a.speed == "fast":
         s = dataclasses.replace(s, **FAST_GUIDANCE)
@@ -102,6 +103,10 @@ MIN_SIDE = 16  # pixels per DiT token side (Wan: VAE 8 x patch 2; DiffHDR-mini: 
 
 
 def load_frames(a) -> tuple[torch.Tensor, float]:
+    import torch
+
+    from diffhdr.io import read_video
+
     frames, fps = read_video(a.input_video)  # (T, H, W, 3) uint8
     end = None if a.num_frames is None else a.start_frame + a.num_frames
     frames = frames[a.start_frame : end]
@@ -119,6 +124,20 @@ def load_frames(a) -> tuple[torch.Tensor, float]:
 
 def main(argv=None):
     a = parse_args(argv)
+    import torch
+
+    from diffhdr.checkpoint import check_checkpoint, model_defaults, read_color_config
+    from diffhdr.io import read_image
+    from diffhdr.lora_io import file_color_mapping, load_any_lora
+    from diffhdr.model import DiffHDRModel
+    from diffhdr.outputs import prepare_output_dir, write_outputs
+    from diffhdr.parallel import finish_distributed, init_distributed, local_device, setup_parallelism
+    from diffhdr.pipeline import encode_texts, reconstruct
+    from diffhdr.prompting import parse_prompt
+    from diffhdr.runtime import apply_memory_mode, apply_speed_mode, merge_lora
+    from diffhdr.tiny import resolve_backbone
+
+    a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     color, base = {"gamma": 2.2, "M": 1000.0}, a.base_model
     if a.lora_checkpoint:
         ckpt = Path(a.lora_checkpoint)

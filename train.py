@@ -14,27 +14,9 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
-from tqdm.auto import tqdm
-
-from diffhdr.attention import assert_no_cfa
-from diffhdr.checkpoint import (checkpoint_name, clear_earlier_run, earlier_run, latest_checkpoint, load_for_resume,
-                                load_optimizer_state, optimizer_state, save_checkpoint)
 from diffhdr.cli import HelpFormatter, run
-from diffhdr import fp8_attention
 from diffhdr.config import ConfigError, load_config
-from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate, ignore_sigterm, list_sequences, validate_dataset
-from diffhdr.io import InputError
-from diffhdr.lora_io import trained_state
-from diffhdr.model import DiffHDRModel, compile_blocks, lora_inputs_stay_in_compute_dtype, torch_dtype
-from diffhdr.parallel import finish_distributed
-from diffhdr.prompting import TextCache
-from diffhdr.runtime import use_fp8_training_linears
-from diffhdr.tiny import BUILT_IN, resolve_backbone
-from diffhdr.training import (StepClock, StopFlag, batch_loss, fsdp_plugin, lr_lambda, preflight, step_generator,
-                              validation_loss, write_validation_sample)
+from diffhdr.errors import InputError
 
 log = logging.getLogger("diffhdr.train")
 
@@ -51,6 +33,25 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    # imported after parsing, so that --help answers without loading torch
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, set_seed
+    from tqdm.auto import tqdm
+
+    from diffhdr import fp8_attention
+    from diffhdr.attention import assert_no_cfa
+    from diffhdr.checkpoint import (checkpoint_name, clear_earlier_run, earlier_run, latest_checkpoint, load_for_resume,
+                                    load_optimizer_state, optimizer_state, save_checkpoint)
+    from diffhdr.dataset import DrawSampler, HDRVideoDataset, collate, ignore_sigterm, list_sequences, validate_dataset
+    from diffhdr.lora_io import trained_state
+    from diffhdr.model import DiffHDRModel, compile_blocks, lora_inputs_stay_in_compute_dtype, torch_dtype
+    from diffhdr.parallel import finish_distributed
+    from diffhdr.prompting import TextCache
+    from diffhdr.runtime import use_fp8_training_linears
+    from diffhdr.tiny import BUILT_IN, resolve_backbone
+    from diffhdr.training import StepClock, StopFlag, batch_loss, fsdp_plugin, lr_lambda, preflight, step_generator
+
     cfg = load_config(args.config)
     t = cfg.training
     # Before the first CUDA allocation. At 720p the caching allocator otherwise strands ~11 GiB in
@@ -229,6 +230,8 @@ def main(argv=None):
 
 def validate(model, val_set, cfg, acc, out: Path, step: int, texts, sharded: bool):
     """On rank 0; with sharded weights every rank runs it (each forward gathers from all), rank 0 writes."""
+    from diffhdr.training import validation_loss, write_validation_sample
+
     if not (acc.is_main_process or sharded):
         acc.wait_for_everyone()
         return

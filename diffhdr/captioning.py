@@ -15,7 +15,8 @@ import torch
 
 from .color_mapping import linear_to_srgb, reinhard_global
 from .dataset import count_frames
-from .io import InputError, read_hdr_image
+from .errors import InputError
+from .io import read_hdr_image
 from .prompting import repair_caption
 
 PROMPT = (

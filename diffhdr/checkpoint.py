@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .io import InputError, atomic_path, read_json
+from .errors import InputError
+from .io import atomic_path, read_json
 from .lora_io import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FULL_DIR, load_adapter, load_transformer_weights, save_adapter,
                       save_transformer)
 

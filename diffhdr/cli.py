@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import logging
 import os
 import sys
@@ -12,7 +11,7 @@ import traceback
 from collections.abc import Callable
 
 from .config import ConfigError
-from .io import InputError
+from .errors import InputError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"  # 12:34:56 INFO diffhdr.train step=...
 
@@ -25,13 +24,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     for noisy in ("httpx", "urllib3", "diffusers", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # their "Loading weights" / "Writing model shards" bars landed inside our own output
+    # transformers' "Loading weights" / "Writing model shards" bars landed inside our own output; it reads
+    # this on import (diffusers does not: DiffHDRModel.from_pretrained turns its bars off)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for lib in ("transformers", "diffusers"):
-        try:
-            importlib.import_module(f"{lib}.utils.logging").disable_progress_bar()
-        except ImportError:
-            pass
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from .color_mapping import log_gamma_encode, srgb_to_linear, to_vae_range
 from .config import Config
 from .data_augmentation import draw_ev, grey_fill, synthesize_ldr
-from .io import InputError, exr_size, read_hdr_image, read_json
+from .errors import InputError
+from .io import exr_size, read_hdr_image, read_json
 from .mask_detection import combine, detect_masks
 from .prompting import NULL_CAPTION, is_hybrid, parse_caption, training_prompt
 

@@ -17,14 +17,11 @@ import numpy as np
 
 from .color_mapping import (HDR_REFERENCE_WHITE_NITS, REC709_CHROMATICITIES, hdr10_light_levels, hdr10_yuv,
                             rec2020_nits)
+from .errors import InputError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 HDR_EXTS = (".exr", ".hdr", ".pic")
 HALF_MAX = 65504.0
-
-
-class InputError(ValueError):
-    """Bad input data; the message names the file and what is wrong."""
 
 
 @contextlib.contextmanager

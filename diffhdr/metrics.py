@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .color_mapping import linear_to_srgb, log_gamma_encode, luminance, srgb_to_linear
-from .io import InputError
+from .errors import InputError
 
 # PU21 "banding_glare" (Mantiuk & Azimi 2021, pu21_encoder.m): V = p7 ((p1 + p2 Y^p4)/(1 + p3 Y^p4))^p5 - p6)
 PU21_BANDING_GLARE = (0.353487901, 0.3734658629, 8.277049286e-05, 0.9062562627, 0.09150303166, 0.9099517204,

@@ -19,7 +19,7 @@ import torch.utils.checkpoint
 
 from . import fp8_attention  # noqa: F401  (registers diffhdr::fp8_sdpa_fwd, named by the policy below)
 from .config import ModelConfig
-from .io import InputError
+from .errors import InputError
 from .mask_detection import mask_to_latent
 from .prompting import encode_prompts
 
@@ -170,8 +170,10 @@ class DiffHDRModel(nn.Module):
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device=None) -> "DiffHDRModel":
         """Load a local diffusers directory in the Wan2.1-VACE-14B-diffusers layout."""
         from diffusers import AutoencoderKLWan, WanVACETransformer3DModel
+        from diffusers.utils import logging as diffusers_logging
         from transformers import AutoTokenizer, UMT5EncoderModel
 
+        diffusers_logging.disable_progress_bar()  # its shard bars landed inside our log (cli.setup_logging)
         path = Path(path)
         if not path.is_dir():
             raise InputError(f"{path}: base model directory not found (the README's Real-model usage says how to download it)")

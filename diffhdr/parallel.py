@@ -30,11 +30,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .io import InputError
+from .errors import InputError
+from .options import CP_KINDS
 
 log = logging.getLogger(__name__)
-
-CP_KINDS = ("ulysses", "ring")
 
 
 def vace_cp_plan() -> dict:

@@ -70,15 +70,6 @@ class InferenceSettings:
     masks: MaskConfig = field(default_factory=MaskConfig)
 
 
-PRESETS = {
-    "spec": {},
-    # The authors' release (reference-facts section 6): no CFG, flow-match Euler with shift 5,
-    # windows of 33 with stride 16, seed 10, CFA off (its alphas default to 0).
-    "reference": dict(guidance_scale=1.0, scheduler="euler", shift=5.0, window_overlap=17, seed=10, cfa=False,
-                      blend="linear"),
-}
-
-
 # Guidance where the noise is high and the content still forming; the authors' release uses none.
 FAST_GUIDANCE = dict(cfg_interval=0.3, cfg_refresh=3)
 

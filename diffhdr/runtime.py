@@ -28,11 +28,10 @@ import torch.nn.functional as F
 
 from . import fp8_attention
 from .model import compile_blocks
+from .options import MEMORY_MODES, SPEED_MODES
 
 log = logging.getLogger(__name__)
 
-SPEED_MODES = ("naive", "default", "fast")
-MEMORY_MODES = ("auto", "full", "low", "offload")
 FP8_MAX = fp8_attention.FP8_MAX  # largest finite float8_e4m3fn
 
 

@@ -15,13 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import yaml
-
 from diffhdr.cli import HelpFormatter
-from diffhdr.color_mapping import linear_to_srgb
-from diffhdr.io import write_exr, write_video
-from diffhdr.synthetic import render_frame, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +31,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", default="demo", help="folder for the data, checkpoints, video, HDR and scores")
     a = p.parse_args()
+    # imported after parsing, so that --help answers without loading torch
+    import numpy as np
+    import yaml
+
+    from diffhdr.color_mapping import linear_to_srgb
+    from diffhdr.io import write_exr, write_video
+    from diffhdr.synthetic import render_frame, write_dataset
+
     out = (ROOT / a.out).resolve()
     start = time.perf_counter()
     data = write_dataset(out / "data", sequences=3, frames=21, h=48, w=64)

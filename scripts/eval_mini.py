@@ -18,14 +18,7 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from diffhdr.baselines import BASELINES
 from diffhdr.cli import HelpFormatter, run
-from diffhdr.color_mapping import linear_to_srgb, srgb_to_linear
-from diffhdr.dataset import list_sequences, read_frames
-from diffhdr.metrics import clipped_pixels, stop_error
 
 
 def parse_args(argv):
@@ -38,7 +31,7 @@ def parse_args(argv):
                    help="inference.py's --speed (fast: fp8 GEMMs on a GPU, guidance on fewer steps)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="inference settings over the model's defaults, e.g. guidance_scale=1 alpha_over=3")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--device", help="torch device (default: cuda where there is one, else cpu)")
     p.add_argument("--out", help="JSON of the table")
     return p.parse_args(argv)
 
@@ -57,12 +50,22 @@ def overrides(pairs: list[str], settings) -> dict:
 
 def main(argv=None):
     a = parse_args(argv)
+    # imported after parsing, so that --help answers without loading torch
+    import numpy as np
+    import torch
+
+    from diffhdr.baselines import BASELINES
     from diffhdr.checkpoint import model_defaults
+    from diffhdr.color_mapping import linear_to_srgb, srgb_to_linear
+    from diffhdr.dataset import list_sequences, read_frames
+    from diffhdr.metrics import clipped_pixels, stop_error
     from diffhdr.model import DiffHDRModel
     from diffhdr.pipeline import FAST_GUIDANCE, InferenceSettings, reconstruct
     from diffhdr.prompting import parse_prompt
     from diffhdr.runtime import apply_speed_mode
     from diffhdr.tiny import resolve_backbone
+
+    a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     base = resolve_backbone(a.base_model)
     defaults = model_defaults(base)

@@ -11,14 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-from diffusers import WanVACETransformer3DModel
-
-from diffhdr.checkpoint import check_checkpoint, read_color_config
 from diffhdr.cli import HelpFormatter, run
-from diffhdr.io import InputError
-from diffhdr.lora_io import export_lora, load_adapter
-from diffhdr.tiny import resolve_backbone
+from diffhdr.errors import InputError
 
 
 def main(argv=None):
@@ -28,6 +22,14 @@ def main(argv=None):
     p.add_argument("--output", required=True, help="a .safetensors file")
     p.add_argument("--base_model", help="override the base model path stored in the checkpoint")
     a = p.parse_args(argv)
+    # imported after parsing, so that --help answers without loading torch
+    import torch
+    from diffusers import WanVACETransformer3DModel
+
+    from diffhdr.checkpoint import check_checkpoint, read_color_config
+    from diffhdr.lora_io import export_lora, load_adapter
+    from diffhdr.tiny import resolve_backbone
+
     ckpt = Path(a.checkpoint)
     check_checkpoint(ckpt)
     color = read_color_config(ckpt)

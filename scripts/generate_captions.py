@@ -13,12 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from diffhdr.captioning import Captioner, caption_images
 from diffhdr.cli import HelpFormatter, run
-from diffhdr.dataset import list_sequences
-from diffhdr.io import atomic_path
 
 log = logging.getLogger("diffhdr.captions")
 
@@ -34,6 +29,13 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="regenerate existing caption (and scene) files")
     p.add_argument("--scene", action="store_true", help="also write scene.txt (for training.prompt_mix: reference)")
     a = p.parse_args(argv)
+    # imported after parsing, so that --help answers without loading torch
+    from tqdm.auto import tqdm
+
+    from diffhdr.captioning import Captioner, caption_images
+    from diffhdr.dataset import list_sequences
+    from diffhdr.io import atomic_path
+
     seqs = list_sequences(a.dataset_root)
     files = ["caption.txt"] + (["scene.txt"] if a.scene else [])
     todo = {s: [f for f in files if a.overwrite or not (s / f).is_file()] for s in seqs}

@@ -16,14 +16,10 @@ import argparse
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
-
 from diffhdr.cli import HelpFormatter, run
-from diffhdr.io import HDR_EXTS, InputError, read_hdr_image, write_exr
+from diffhdr.errors import InputError
 
 log = logging.getLogger("diffhdr.make_hdri_dataset")
 
@@ -47,6 +43,10 @@ def parse_args(argv):
 
 def write_image_sequences(job) -> list[dict]:
     """All sequences of one image (a worker's job); returns their manifest rows."""
+    import numpy as np
+
+    from diffhdr.io import read_hdr_image, write_exr
+
     from diffhdr.hdri import draw_sweep, is_panorama, normalise_exposure, render_sequence, template_caption
 
     i, path, split, n0, a = job
@@ -66,6 +66,12 @@ def write_image_sequences(job) -> list[dict]:
 
 def main(argv=None):
     a = parse_args(argv)
+    # imported after parsing, so that --help answers without loading torch
+    from concurrent.futures import ProcessPoolExecutor
+    from tqdm.auto import tqdm
+
+    from diffhdr.io import HDR_EXTS
+
     images = sorted(p for p in Path(a.images).iterdir() if p.suffix.lower() in HDR_EXTS) if Path(a.images).is_dir() else []
     if not images:
         raise InputError(f"{a.images}: no {'/'.join(HDR_EXTS)} images")

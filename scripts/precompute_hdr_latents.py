@@ -14,23 +14,8 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from diffhdr.cli import HelpFormatter, run
-from diffhdr.color_mapping import log_gamma_encode, to_vae_range
-from diffhdr.dataset import (
-    LATENT_CONFIG,
-    crop_offsets,
-    latent_path,
-    list_sequences,
-    read_frames,
-    read_latent_config,
-    resize_to_cover,
-)
-from diffhdr.io import InputError, atomic_path
-from diffhdr.model import DiffHDRModel
-from diffhdr.tiny import resolve_backbone
+from diffhdr.errors import InputError
 
 log = logging.getLogger("diffhdr.precompute")
 
@@ -45,7 +30,7 @@ def parse_args(argv):
     p.add_argument("--clip_frames", type=int, default=33, help="frames per cached clip (training.resolution T)")
     p.add_argument("--resolution", type=int, nargs=2, default=[720, 1280], metavar=("H", "W"), help="clip size (training.resolution H W)")
     p.add_argument("--frame_pattern", default="frame_%05d.exr", help="frame file names")
-    p.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--device", help="torch device (default: cuda:0 where there is one, else cpu)")
     p.add_argument("--all_starts", action="store_true", help="cache every temporal offset, not only start 0")
     p.add_argument("--num_shards", type=int, default=1, help="split sequences over N jobs (e.g. a SLURM array)")
     p.add_argument("--shard_index", type=int, default=0, help="this job's share of the sequences (with --num_shards)")
@@ -53,6 +38,9 @@ def parse_args(argv):
 
 
 def write_latent_config(root: Path, settings: dict) -> None:
+    from diffhdr.dataset import LATENT_CONFIG, read_latent_config
+    from diffhdr.io import atomic_path
+
     existing = read_latent_config(root)
     if existing is not None:
         diff = {k: (existing.get(k), v) for k, v in settings.items() if k != "model_path" and existing.get(k) != v}
@@ -69,6 +57,17 @@ def write_latent_config(root: Path, settings: dict) -> None:
 
 def main(argv=None):
     a = parse_args(argv)
+    # imported after parsing, so that --help answers without loading torch
+    import torch
+    from tqdm.auto import tqdm
+
+    from diffhdr.color_mapping import log_gamma_encode, to_vae_range
+    from diffhdr.dataset import crop_offsets, latent_path, list_sequences, read_frames, resize_to_cover
+    from diffhdr.io import atomic_path
+    from diffhdr.model import DiffHDRModel
+    from diffhdr.tiny import resolve_backbone
+
+    a.device = a.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     root = Path(a.dataset_root)
     h, w = a.resolution
     if (a.clip_frames - 1) % 4:

@@ -6,7 +6,8 @@ import torch
 
 from diffhdr.color_mapping import from_vae_range, log_gamma_decode
 from diffhdr.dataset import HDRVideoDataset, collate, condition_batch, latent_path
-from diffhdr.io import InputError, write_exr
+from diffhdr.errors import InputError
+from diffhdr.io import write_exr
 from diffhdr.synthetic import write_dataset
 
 

@@ -6,7 +6,8 @@ from PIL import Image
 
 from conftest import run_script
 from diffhdr import metrics as M
-from diffhdr.io import InputError, write_exr
+from diffhdr.errors import InputError
+from diffhdr.io import write_exr
 from diffhdr.synthetic import render_frame
 
 

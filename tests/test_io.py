@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from diffhdr.io import InputError, read_exr, read_hdr, read_hdr_image, read_video, write_exr, write_hdr, write_video
+from diffhdr.errors import InputError
+from diffhdr.io import read_exr, read_hdr, read_hdr_image, read_video, write_exr, write_hdr, write_video
 
 
 def test_half_exr_round_trip_bit_exact(tmp_path):
