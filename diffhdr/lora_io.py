@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .io import InputError, atomic_path
+from .errors import InputError
+from .io import atomic_path
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -207,38 +208,77 @@ def export_lora(transformer, path: Path, layout: str, color: dict | None = None)
     return len(out)
 
 
-def reference_to_diffusers(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
-    """The release's DiffSynth keys -> our module names ('vace_blocks.0.attn1.to_q.lora_A.weight')."""
-    out = {}
+# Every single-file layout we read: the release's (DiffSynth: Wan names, PEFT's '.default'), ComfyUI's and
+# ComfyUI-trainer's ('diffusion_model.' + Wan names, lora_up/lora_down, '.alpha'), musubi-tuner's
+# ('lora_unet_blocks_0_self_attn_q.lora_down.weight', '.alpha'), diffusers' ('transformer.' + our names).
+_PREFIXES = ("diffusion_model.", "transformer.", "base_model.model.")
+_DOTTED = re.compile(r"^(?P<block>(?:vace_)?blocks\.\d+)\.(?P<module>.+?)\."
+                     r"(?:(?P<part>lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.weight|(?P<alpha>alpha))$")
+_MUSUBI = re.compile(r"^lora_unet_(?P<block>(?:vace_)?blocks)_(?P<n>\d+)_(?P<module>\w+?)\."
+                     r"(?:(?P<part>lora_down|lora_up)\.weight|(?P<alpha>alpha))$")
+_MUSUBI_NAMES = {k.replace(".", "_"): v for k, v in WAN_TO_DIFFUSERS.items()}
+_SLOT = {"lora_A": "A", "lora_down": "A", "lora_B": "B", "lora_up": "B"}
+
+
+def _place(key: str) -> tuple[str, str] | None:
+    """A file's key -> (our module name, 'A' | 'B' | 'alpha'), or None where it names nothing we know."""
+    k = key
+    for prefix in _PREFIXES:
+        k = k.removeprefix(prefix)
+    if m := _MUSUBI.match(k):
+        block, module = f"{m['block']}.{m['n']}", _MUSUBI_NAMES.get(m["module"])
+    elif m := _DOTTED.match(k):
+        block, module = m["block"], m["module"]
+        module = WAN_TO_DIFFUSERS.get(module, module if module in DIFFUSERS_TO_WAN else None)
+    else:
+        return None
+    return (f"{block}.{module}", "alpha" if m["alpha"] else _SLOT[m["part"]]) if module else None
+
+
+def lora_file_to_ours(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """A single LoRA file in any layout above -> '<our module>.lora_[AB].weight', each module's alpha/r
+    folded into its B (so that it loads at alpha = r); every key placed, or one line naming the first
+    that is not."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, v in state.items():
-        m = _KEY.match(key.removeprefix("diffusion_model."))
-        if m is None or m.group(2) not in WAN_TO_DIFFUSERS:
-            raise InputError(f"{source}: unexpected key {key!r} for a DiffHDR LoRA")
-        out[f"{m.group(1)}.{WAN_TO_DIFFUSERS[m.group(2)]}.{m.group(3)}.weight"] = v
+        placed = _place(key)
+        if placed is None:
+            raise InputError(f"{source}: cannot place LoRA key {key!r} (known: the attention and FFN linears of "
+                             "blocks.N / vace_blocks.N, in Wan, diffusers or musubi names)")
+        parts.setdefault(placed[0], {})[placed[1]] = v
+    out = {}
+    for module, p in sorted(parts.items()):
+        if "A" not in p or "B" not in p:
+            raise InputError(f"{source}: {module} has no {'lora_B/lora_up' if 'A' in p else 'lora_A/lora_down'}")
+        rank = p["A"].shape[0]
+        scale = float(p["alpha"]) / rank if "alpha" in p else 1.0  # no alpha: alpha = r, as the release
+        out[f"{module}.lora_A.weight"] = p["A"]
+        out[f"{module}.lora_B.weight"] = p["B"].float() * scale if scale != 1.0 else p["B"]
     return out
 
 
-def load_reference_lora(transformer, path: Path) -> int:
-    """Load the authors' `DiffHDR.safetensors` (alpha = rank, so W += B A) into `transformer`.
+def load_lora_file(transformer, path: Path) -> int:
+    """Load a single .safetensors LoRA (lora_file_to_ours) into `transformer`, scale 1 in every module.
     Every key must be consumed; returns how many LoRA-wrapped modules it filled."""
     from peft import LoraConfig
     from peft.utils import set_peft_model_state_dict
 
     if not path.is_file():
         raise InputError(f"{path}: LoRA file not found")
-    state = reference_to_diffusers(load_file(str(path)), path)
-    modules = sorted({k.rsplit(".lora_", 1)[0] for k in state})
-    rank = next(v.shape[0] for k, v in state.items() if ".lora_A." in k)
+    state = lora_file_to_ours(load_file(str(path)), path)
+    ranks = {k.rsplit(".lora_", 1)[0]: v.shape[0] for k, v in state.items() if ".lora_A." in k}
+    rank = max(set(ranks.values()), key=list(ranks.values()).count)
+    others = {m: r for m, r in ranks.items() if r != rank}  # files may mix ranks: peft's per-module patterns
     if not getattr(transformer, "peft_config", None):
-        transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=modules, init_lora_weights=True))
+        transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(ranks),
+                                           rank_pattern=others, alpha_pattern=others, init_lora_weights=True))
     state = {k: v.to(next(transformer.parameters()).dtype) for k, v in state.items()}
     _load_checked(transformer, state, path, set_peft_model_state_dict)
-    return len(modules)
+    return len(ranks)
 
 
 def load_any_lora(transformer, path: Path) -> str:
-    """A checkpoint folder (ours) or a single .safetensors file in Wan names (the release's, or our
-    ComfyUI export)."""
+    """A checkpoint folder (ours) or a single .safetensors file (load_lora_file's layouts)."""
     path = Path(path)
     if (path / FULL_DIR).is_dir():
         load_transformer_weights(transformer, path / FULL_DIR)
@@ -246,5 +286,5 @@ def load_any_lora(transformer, path: Path) -> str:
     if path.is_dir():
         load_adapter(transformer, path)
         return "adapter"
-    load_reference_lora(transformer, path)
-    return "reference"
+    load_lora_file(transformer, path)
+    return "file"

@@ -3,8 +3,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffhdr.config import ModelConfig
-from diffhdr.io import InputError
-from diffhdr.lora_io import export_lora, load_adapter, load_reference_lora, save_adapter
+from diffhdr.errors import InputError
+from diffhdr.lora_io import export_lora, load_adapter, load_lora_file, save_adapter
 from diffhdr.model import DiffHDRModel, discover_lora_targets
 from diffhdr.tiny import resolve_backbone
 
@@ -53,14 +53,15 @@ def test_adapter_save_load_round_trip(tmp_path):
     assert torch.equal(a.transformer(**inputs())[0], b.transformer(**inputs())[0])
 
 
-def test_diffusers_export_round_trips_through_load_lora_weights(tmp_path):
+@pytest.mark.parametrize("branch,tensors", [("main", 2 * 40), ("vace", 2 * 20)])
+def test_diffusers_export_round_trips_through_load_lora_weights(tmp_path, branch, tensors):
     from diffusers import WanVACEPipeline
 
     a = tiny_model()
-    a.add_lora(ModelConfig(lora_rank=4, lora_alpha=8.0))  # alpha != rank: the scale must survive
+    a.add_lora(ModelConfig(lora_rank=4, lora_alpha=8.0, lora_branch=branch))  # alpha != rank: the scale must survive
     randomize_lora(a.transformer)
     n = export_lora(a.transformer, tmp_path / "pytorch_lora_weights.safetensors", "diffusers")
-    assert n == 2 * 40
+    assert n == tensors
     b = tiny_model()
     pipe = WanVACEPipeline(tokenizer=b.tokenizer, text_encoder=b.text_encoder, vae=b.vae,
                            transformer=b.transformer, scheduler=b.scheduler)
@@ -111,7 +112,7 @@ def test_release_layout_loads_with_every_key_consumed(tmp_path):
     state = release_state(m.transformer)
     assert len(state) == 2 * 20  # 160 for the 14B model's 8 blocks
     save_file(state, tmp_path / "DiffHDR.safetensors")
-    assert load_reference_lora(m.transformer, tmp_path / "DiffHDR.safetensors") == 20
+    assert load_lora_file(m.transformer, tmp_path / "DiffHDR.safetensors") == 20
     # W x + B A x for one module, alpha = rank -> scale 1
     lin = m.transformer.vace_blocks[1].attn2.to_q
     x = torch.randn(3, 128)
@@ -141,9 +142,82 @@ def test_release_layout_rejects_mismatches(tmp_path):
     state["vace_blocks.0.self_attn.q.lora_A.default.weight"] = torch.zeros(4, 64)
     save_file(state, tmp_path / "bad.safetensors")
     with pytest.raises(InputError, match="bad.safetensors: .*shape"):
-        load_reference_lora(tiny_model().transformer, tmp_path / "bad.safetensors")
+        load_lora_file(tiny_model().transformer, tmp_path / "bad.safetensors")
     state = release_state(m.transformer)
     state["vace_blocks.0.self_attn.norm_q.lora_A.default.weight"] = torch.zeros(4, 128)
     save_file(state, tmp_path / "odd.safetensors")
-    with pytest.raises(InputError, match="unexpected key"):
-        load_reference_lora(tiny_model().transformer, tmp_path / "odd.safetensors")
+    with pytest.raises(InputError, match="odd.safetensors: cannot place LoRA key 'vace_blocks.0.self_attn.norm_q"):
+        load_lora_file(tiny_model().transformer, tmp_path / "odd.safetensors")
+
+
+def wan_lora(transformer, layout: str, alpha: float | None, rank=4, seed=0) -> dict:
+    """A LoRA of the main blocks as other tools write it: 'comfyui' (ComfyUI and its trainer:
+    diffusion_model. + Wan names, lora_down/lora_up), 'musubi' (lora_unet_blocks_0_self_attn_q), or
+    'diffusers' (transformer. + diffusers names, lora_A/lora_B); `alpha` None writes no alpha keys."""
+    from diffhdr.lora_io import DIFFUSERS_TO_WAN
+
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for i, block in enumerate(transformer.blocks):
+        for ours, wan in DIFFUSERS_TO_WAN.items():
+            lin = block.get_submodule(ours)
+            a = torch.randn(rank, lin.in_features, generator=g) * 0.1
+            b = torch.randn(lin.out_features, rank, generator=g) * 0.1
+            name = {"comfyui": f"diffusion_model.blocks.{i}.{wan}.", "diffusers": f"transformer.blocks.{i}.{ours}.",
+                    "musubi": f"lora_unet_blocks_{i}_{wan.replace('.', '_')}."}[layout]
+            down, up = ("lora_A", "lora_B") if layout == "diffusers" else ("lora_down", "lora_up")
+            state |= {f"{name}{down}.weight": a, f"{name}{up}.weight": b}
+            if alpha is not None:
+                state[f"{name}alpha"] = torch.tensor(alpha)
+    return state
+
+
+def lora_deltas(transformer) -> dict[str, torch.Tensor]:
+    """Each LoRA module's weight delta, scale included, keyed by our module name."""
+    return {n: m.lora_B["default"].weight @ m.lora_A["default"].weight * m.scaling["default"]
+            for n, m in transformer.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+
+
+@pytest.mark.parametrize("layout,alpha", [("comfyui", 8.0), ("comfyui", None), ("musubi", 2.0),  # musubi always writes alpha
+                                          ("diffusers", None)])
+def test_other_tools_lora_files_load_as_diffusers_reads_them(tmp_path, layout, alpha):
+    from diffusers.loaders.lora_pipeline import WanLoraLoaderMixin
+
+    m = tiny_model()
+    state = wan_lora(m.transformer, layout, alpha)
+    save_file(state, tmp_path / "lora.safetensors")
+    assert load_lora_file(m.transformer, tmp_path / "lora.safetensors") == 10 * len(m.transformer.blocks)
+    ours = lora_deltas(m.transformer)
+    theirs = WanLoraLoaderMixin.lora_state_dict(str(tmp_path / "lora.safetensors"))  # diffusers' own reading
+    theirs = {k.removeprefix("transformer."): v for k, v in theirs.items()}
+    assert set(ours) == {k.rsplit(".lora_", 1)[0] for k in theirs}
+    for module, delta in ours.items():
+        expected = theirs[f"{module}.lora_B.weight"] @ theirs[f"{module}.lora_A.weight"]
+        assert torch.allclose(delta, expected, atol=1e-6), module
+    if alpha is not None:  # alpha/r honoured, not assumed 1
+        a, b = (state[k] for k in state if k.startswith(("diffusion_model.blocks.0.self_attn.q.", "lora_unet_blocks_0_self_attn_q."))
+                and "alpha" not in k)
+        assert torch.allclose(ours["blocks.0.attn1.to_q"], b @ a * alpha / 4, atol=1e-6)
+
+
+def test_a_lora_file_half_a_pair_says_which(tmp_path):
+    m = tiny_model()
+    state = wan_lora(m.transformer, "comfyui", 4.0)
+    del state["diffusion_model.blocks.1.ffn.2.lora_up.weight"]
+    save_file(state, tmp_path / "half.safetensors")
+    with pytest.raises(InputError, match="half.safetensors: blocks.1.ffn.net.2 has no lora_B/lora_up"):
+        load_lora_file(m.transformer, tmp_path / "half.safetensors")
+
+
+def test_our_exports_load_back_in_both_layouts(tmp_path):
+    m = tiny_model()
+    m.add_lora(ModelConfig(lora_rank=4, lora_alpha=8.0))
+    randomize_lora(m.transformer)
+    want = lora_deltas(m.transformer)
+    for layout in ("comfyui", "diffusers"):
+        export_lora(m.transformer, tmp_path / f"{layout}.safetensors", layout)
+        fresh = tiny_model()
+        load_lora_file(fresh.transformer, tmp_path / f"{layout}.safetensors")
+        got = lora_deltas(fresh.transformer)
+        assert set(got) == set(want)
+        assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want), layout
