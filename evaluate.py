@@ -29,7 +29,8 @@ import numpy as np
 from diffhdr import metrics as M
 from diffhdr.cli import HelpFormatter, run
 from diffhdr.errors import InputError
-from diffhdr.io import IMAGE_EXTS, atomic_path, read_exr, read_video
+from diffhdr.colorspace import convert, space_of
+from diffhdr.io import IMAGE_EXTS, atomic_path, exr_chromaticities, read_exr, read_video
 from diffhdr.outputs import preview_frames
 
 log = logging.getLogger("diffhdr.evaluate")
@@ -78,6 +79,8 @@ def load_frames(folder: Path) -> np.ndarray:
     if strays:
         raise InputError(f"{folder}: holds non-EXR files ({', '.join(strays[:3])})")
     frames = [read_exr(p) for p in files]
+    space = space_of(exr_chromaticities(files[0]), files[0]) if files else "rec709"
+    frames = [convert(f, space, "rec709") for f in frames]  # ACES output scores against Rec.709 ground truth
     sizes = {f.shape for f in frames}
     if len(sizes) > 1:
         raise InputError(f"{folder}: frames differ in size ({', '.join(sorted(map(str, sizes)))})")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from diffhdr.cli import HelpFormatter, run
 from diffhdr.errors import InputError
-from diffhdr.options import CP_KINDS, MEMORY_MODES, PRESETS, SPEED_MODES
+from diffhdr.options import CP_KINDS, MEMORY_MODES, OUTPUT_COLORSPACES, PRESETS, SPEED_MODES
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +79,9 @@ def parse_args(argv):
     p.add_argument("--gamma", type=float, help="Log-Gamma gamma of a LoRA file that does not carry it (else read "
                                                "from the checkpoint or the file)")
     p.add_argument("--M", type=float, help="Log-Gamma M of a LoRA file that does not carry it (as --gamma)")
+    p.add_argument("--output_colorspace", choices=OUTPUT_COLORSPACES, default="rec709",
+                   help="primaries of the EXR frames: linear Rec.709 (the spec's), or ACEScg / ACES2065-1 (Bradford "
+                        "from D65; the header's chromaticities say which); the previews stay Rec.709")
     p.add_argument("--overwrite", action="store_true", help="replace frames already in --output_dir")
     p.add_argument("--hdr10_preview", action="store_true",
                    help="also write preview_hdr10.mp4 (HEVC Main10, PQ, BT.2020; linear 1.0 = 203 cd/m2)")
@@ -198,8 +201,8 @@ def main(argv=None):
                   "prompt": a.prompt, "preset": a.preset, "gamma": color["gamma"], "M": color["M"],
                   "speed": a.speed, "fp8_attention": fp8_attn, "memory": memory, "gpus": world,
                   "parallel": {"cfg": a.cfg_parallel, "context": a.context_parallel} if world > 1 else None,
-                  "fps": fps, "settings": dataclasses.asdict(settings)}
-        write_outputs(out, hdr, fps, record, hdr10=a.hdr10_preview)
+                  "output_colorspace": a.output_colorspace, "fps": fps, "settings": dataclasses.asdict(settings)}
+        write_outputs(out, hdr, fps, record, hdr10=a.hdr10_preview, colorspace=a.output_colorspace)
         log.info("wrote %d EXR frames and preview.mp4 to %s", len(hdr), out)
     finish_distributed()
 

@@ -115,8 +115,21 @@ def exr_size(path: str | Path) -> tuple[int, int]:
     return int(y1 - y0 + 1), int(x1 - x0 + 1)
 
 
-def write_exr(path: str | Path, rgb: np.ndarray, half: bool = True) -> None:
-    """Write linear Rec.709 RGB (H, W, 3) as a ZIP-compressed EXR with Rec.709 chromaticities."""
+def exr_chromaticities(path: str | Path) -> tuple[float, ...] | None:
+    """The `chromaticities` attribute of an EXR header (R, G, B, white xy), None where it has none."""
+    import OpenEXR
+
+    try:
+        with OpenEXR.File(str(path), header_only=True) as f:
+            value = f.header().get("chromaticities")
+    except Exception as e:
+        raise InputError(f"{path}: unreadable OpenEXR header ({e})") from None
+    return None if value is None else tuple(float(v) for v in value)
+
+
+def write_exr(path: str | Path, rgb: np.ndarray, half: bool = True, chromaticities=REC709_CHROMATICITIES) -> None:
+    """Write linear RGB (H, W, 3) as a ZIP-compressed EXR whose header names its primaries and white
+    (`chromaticities`: Rec.709's unless given, diffhdr.colorspace.CHROMATICITIES)."""
     import OpenEXR
 
     if half:  # half float's largest finite value; a sun peak beyond it would become inf
@@ -125,7 +138,7 @@ def write_exr(path: str | Path, rgb: np.ndarray, half: bool = True) -> None:
     header = {
         "compression": OpenEXR.ZIP_COMPRESSION,
         "type": OpenEXR.scanlineimage,
-        "chromaticities": tuple(float(v) for v in REC709_CHROMATICITIES),
+        "chromaticities": tuple(float(v) for v in chromaticities),
     }
     channels = {c: np.ascontiguousarray(rgb[..., i]) for i, c in enumerate("RGB")}
     with atomic_path(path) as tmp:

@@ -13,3 +13,4 @@ PRESETS = {
     "reference": dict(guidance_scale=1.0, scheduler="euler", shift=5.0, window_overlap=17, seed=10, cfa=False,
                       blend="linear"),
 }
+OUTPUT_COLORSPACES = ("rec709", "acescg", "aces2065-1")  # inference's EXR output (diffhdr.colorspace)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .color_mapping import linear_to_srgb, reinhard_global
 from .errors import InputError
+from .colorspace import CHROMATICITIES, convert
 from .io import atomic_path, hevc_10bit_available, write_exr, write_hdr10_video, write_video
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,16 @@ def preview_frames(hdr: np.ndarray) -> np.ndarray:
     return (linear_to_srgb(reinhard_global(hdr)) * 255.0 + 0.5).astype(np.uint8)
 
 
-def write_outputs(out: Path, hdr: torch.Tensor, fps: float, record: dict, hdr10: bool = False) -> None:
-    """hdr (T, 3, H, W) linear float."""
+def write_outputs(out: Path, hdr: torch.Tensor, fps: float, record: dict, hdr10: bool = False,
+                  colorspace: str = "rec709") -> None:
+    """hdr (T, 3, H, W) linear Rec.709. The EXRs are written in `colorspace` (diffhdr.colorspace),
+    their header saying so; the previews stay Rec.709, for a screen."""
     frames = hdr.clamp_min(0).permute(0, 2, 3, 1).numpy()
     (out / "exr").mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(tqdm(frames, desc="exr", leave=False)):
-        write_exr(out / "exr" / (FRAME_PATTERN % i), f, half=True)
+        # AP0's and AP1's wider gamuts hold every Rec.709 colour: nothing turns negative
+        write_exr(out / "exr" / (FRAME_PATTERN % i), convert(f, "rec709", colorspace), half=True,
+                  chromaticities=CHROMATICITIES[colorspace])
     write_video(out / "preview.mp4", preview_frames(frames), fps=fps)
     with atomic_path(out / "settings.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=str))

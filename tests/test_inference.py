@@ -172,9 +172,15 @@ def test_cli_writes_half_exr_preview_and_settings(tmp_path, checkpoint):
     assert settings["gamma"] == 2.2 and settings["settings"]["guidance_scale"] == 7.5
     proc = run_script(*args, check=False)
     assert proc.returncode == 2 and "already holds 20 frames; pass --overwrite" in proc.stderr
-    run_script(*args, "--overwrite", "--preset", "reference", "--no_cfa", "--hdr10_preview")
-    assert json.loads((out / "settings.json").read_text())["settings"]["scheduler"] == "euler"
+    run_script(*args, "--overwrite", "--preset", "reference", "--no_cfa", "--hdr10_preview", "--output_colorspace",
+               "acescg")
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["settings"]["scheduler"] == "euler" and settings["output_colorspace"] == "acescg"
     assert (out / "preview_hdr10.mp4").stat().st_size > 0
+    from diffhdr.colorspace import CHROMATICITIES
+    from diffhdr.io import exr_chromaticities
+
+    assert exr_chromaticities(exrs[0]) == pytest.approx(CHROMATICITIES["acescg"])
 
 
 def test_context_parallel_matches_one_process(tmp_path, checkpoint):
