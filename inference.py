@@ -54,6 +54,8 @@ def parse_args(argv):
     p.add_argument("--alpha_over", type=float, help="CFA strength in over-exposed regions (default: 1; 0 = off)")
     p.add_argument("--alpha_under", type=float, help="CFA strength in under-exposed regions (default: 1; 0 = off)")
     p.add_argument("--no_cfa", dest="cfa", action="store_false", default=None, help="standard attention")
+    p.add_argument("--no_under_mask", dest="use_under_mask", action="store_false", default=None,
+                   help="over-exposure mask only (the release's long-video, image and text commands run so)")
     p.add_argument("--cfa_vace", action="store_true", default=None, help="CFA in the VACE blocks too")
     p.add_argument("--window_overlap", type=int, help="frames shared by consecutive 33-frame windows (default: 8)")
     p.add_argument("--use_prev_window_reference", dest="prev_window_reference", action="store_true", default=None,
@@ -185,7 +187,7 @@ def main(argv=None):
         log.info("loaded LoRA (%s) from %s", kind, a.lora_checkpoint)
         if a.speed != "naive":  # before the memory mode places (or quantises) the weights
             log.info("LoRA folded into %d linears", merge_lora(model.transformer))
-    caption = parse_prompt(a.prompt)
+    caption = parse_prompt(a.prompt, verbatim=settings.prompt_verbatim)
     model.text_encoder.to(device)
     texts = encode_texts(model, caption, settings, device)
     model.text_encoder.to("cpu")  # not needed again: leave the GPU to the DiT

@@ -92,6 +92,12 @@ class AugmentationConfig:
     noise_const_sigma_max: float = 1.5e-5
     noise_temporal_rho: float = 0.5
     noise_scale: float = 0.01
+    # The release starts the AR(1) noise state at zero, so frame 0's noise has 1 - rho^2 of the variance
+    # the later frames approach; false: frame 0 drawn at the stationary variance.
+    noise_from_zero: bool = False
+    # A hybrid (text-to-video) sample's target: the release clamps after its EV shift, min(x 2^e, clip) 2^-e;
+    # false: min(x, clip).
+    hybrid_clip_exposed: bool = False
     camera_response: str = "none"  # "none" | "gamma" | "filmic" | "random"
     over_fill_prob: float = 0.1
     grey_value: float = 0.5

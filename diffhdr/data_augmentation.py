@@ -4,7 +4,8 @@ Default recipe = the authors' release (reference-facts section 3):
 
 1. e ~ U{ev_min..ev_max} EV per clip; x <- clamp(x * 2^e, 0, 65536). The target is this exposed HDR.
 2. With probability p: signal-dependent noise on L = x / 65536, var = L s_s^2 + s_c^2 with
-   s_s ~ U(0, 0.00085), s_c ~ U(0, 1.5e-5) per channel, AR(1) in time (z_t = 0.5 z_{t-1} + sqrt(0.75) u),
+   s_s ~ U(0, 0.00085), s_c ~ U(0, 1.5e-5) per channel, AR(1) in time (z_t = 0.5 z_{t-1} + sqrt(0.75) u;
+   the release starts from z = 0, `noise_from_zero`),
    noise = z * std * 65536 * 0.01.
 3. Camera response: none (a hard clip) in the release; "gamma" / "filmic" / "random" add a tone curve.
 4. sRGB OETF, clip to [0, 1], quantise with floor(s * 255) / 255 (uint8 truncation).
@@ -39,13 +40,19 @@ def sensor_noise(x: torch.Tensor, g: torch.Generator, cfg: AugmentationConfig) -
     sig_s = _uniform(g, 0.0, cfg.noise_signal_sigma_max, (1, 3, 1, 1))
     sig_c = _uniform(g, 0.0, cfg.noise_const_sigma_max, (1, 3, 1, 1))
     std = torch.sqrt((x / full).clamp_min(0) * sig_s**2 + sig_c**2)
-    rho = cfg.noise_temporal_rho
     u = torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
-    z = torch.empty_like(x)
-    z[0] = u[0]
-    for t in range(1, x.shape[0]):
-        z[t] = rho * z[t - 1] + math.sqrt(1 - rho**2) * u[t]
+    z = ar1(u, cfg.noise_temporal_rho, cfg.noise_from_zero)
     return (x + z * std * full * cfg.noise_scale).clamp(0.0, full)
+
+
+def ar1(u: torch.Tensor, rho: float, from_zero: bool = False) -> torch.Tensor:
+    """Unit-variance noise u (T, ...) correlated over time: z_t = rho z_{t-1} + sqrt(1 - rho^2) u_t.
+    z_0 = u_0 (stationary from the start), or with `from_zero` the release's z_0 = sqrt(1 - rho^2) u_0."""
+    z = torch.empty_like(u)
+    z[0] = u[0] * (math.sqrt(1 - rho**2) if from_zero else 1.0)
+    for t in range(1, u.shape[0]):
+        z[t] = rho * z[t - 1] + math.sqrt(1 - rho**2) * u[t]
+    return z
 
 
 def camera_response(x: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:

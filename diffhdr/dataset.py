@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .color_mapping import log_gamma_encode, srgb_to_linear, to_vae_range
-from .config import Config
+from .config import AugmentationConfig, Config
 from .data_augmentation import draw_ev, grey_fill, synthesize_ldr
 from .errors import InputError
 from .io import exr_size, read_hdr_image, read_json
@@ -251,6 +251,13 @@ class Conditioned:
     ldr: torch.Tensor  # (B, T, 3, H, W) 8-bit sRGB LDR before the grey fill (grey for a hybrid sample)
 
 
+def hybrid_target(hdr: torch.Tensor, ev: int, cfg: AugmentationConfig) -> torch.Tensor:
+    """A hybrid sample's target: the HDR as it is, clipped; the release clips after its EV shift."""
+    if cfg.hybrid_clip_exposed:
+        return (hdr * 2.0**ev).clamp(0.0, cfg.radiance_clip) * 2.0**-ev
+    return hdr.clamp(0.0, cfg.radiance_clip)
+
+
 def condition_batch(batch: dict, cfg: Config, device) -> Conditioned:
     """HDR crops -> (Log-Gamma target, LDR condition, exposure mask), on `device`.
     A hybrid sample (the release's text-to-video share) gets a uniform grey control, an all-ones
@@ -259,7 +266,7 @@ def condition_batch(batch: dict, cfg: Config, device) -> Conditioned:
     targets, controls, masks, ldrs = [], [], [], []
     for hdr, ev, seed, hybrid in zip(batch["hdr"], batch["ev"], batch["seed"], batch["hybrid"]):
         if hybrid:  # nothing shown, everything to generate: no LDR to synthesise, no masks to detect
-            target = hdr.to(device).clamp(0.0, cfg.augmentation.radiance_clip)
+            target = hybrid_target(hdr.to(device), ev, cfg.augmentation)
             ldr = shown = torch.full_like(target, cfg.augmentation.grey_value)
             mask = torch.ones_like(target[:, 0])  # (T, H, W)
         else:

@@ -67,6 +67,7 @@ class InferenceSettings:
     # The release's --use_prev_window_reference: each window after the first takes the previous
     # window's Log-Gamma output frame at index `stride` as its reference (no EV boost, no mask).
     prev_window_reference: bool = False
+    prompt_verbatim: bool = False  # encode --prompt as given ("" stays ""), as the release does
     masks: MaskConfig = field(default_factory=MaskConfig)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,9 +27,10 @@ _PART = re.compile(r"\[\s*(over|under)[\s-]*exposed\s*:\s*(.*?)\s*\]", re.IGNORE
 class Caption:
     over: str = "none"
     under: str = "none"
+    verbatim: str | None = None  # the text to encode as given (the release passes its prompt so, "" too)
 
     def text(self) -> str:
-        return format_caption(self.over, self.under)
+        return format_caption(self.over, self.under) if self.verbatim is None else self.verbatim
 
 
 def format_caption(over: str = "none", under: str = "none") -> str:
@@ -44,10 +45,16 @@ def parse_caption(text: str) -> Caption | None:
     return Caption(over=parts.get("over") or "none", under=parts.get("under") or "none")
 
 
-def parse_prompt(text: str) -> Caption:
+def parse_prompt(text: str, verbatim: bool = False) -> Caption:
     """Parse a user prompt. Free text (no [Overexposed: ...] parts) is used for both regions,
-    with a warning: it then guides the over- and the under-exposed areas alike."""
+    with a warning: it then guides the over- and the under-exposed areas alike. `verbatim` (the
+    `reference` preset): the text encoder gets the prompt exactly as given, "" included, as the
+    release trained 37.5% of its samples on ""; the parts still feed CFA."""
     cap = parse_caption(text)
+    if verbatim:
+        cap = replace(cap or Caption(over=text.strip() or "none", under=text.strip() or "none"), verbatim=text)
+        log.info("prompt used as given (the release's way): %r", text)
+        return cap
     if cap is None:
         if text.strip():
             log.warning(
