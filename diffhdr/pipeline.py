@@ -68,6 +68,10 @@ class InferenceSettings:
     # window's Log-Gamma output frame at index `stride` as its reference (no EV boost, no mask).
     prev_window_reference: bool = False
     prompt_verbatim: bool = False  # encode --prompt as given ("" stays ""), as the release does
+    # The release's long-video script: each window on its own (its own mask EMA, the same seeded noise, a
+    # reference's extra noise frame the last of one draw rolled to the front), and clips under one window
+    # padded to a whole window. False: one mask EMA over the video (steadier), one noise draw sliced.
+    release_windows: bool = False
     masks: MaskConfig = field(default_factory=MaskConfig)
 
 
@@ -263,6 +267,14 @@ def pad_to_multiple(x: torch.Tensor, m: int) -> tuple[torch.Tensor, tuple[int, i
     return x, (h, w)
 
 
+def release_window_noise(shape: tuple[int, ...], seed: int, with_reference: bool) -> torch.Tensor:
+    """A window's starting latents as the release's long-video script draws them: the same seeded
+    draw for every window; with a reference, one frame more, the last rolled to the front."""
+    b, c, n, h, w = shape
+    z = torch.randn((b, c, n + with_reference, h, w), generator=torch.Generator().manual_seed(seed))
+    return torch.cat([z[:, :, -1:], z[:, :, :-1]], dim=2) if with_reference else z
+
+
 def reconstruct(
     model,
     frames: torch.Tensor,
@@ -288,6 +300,8 @@ def reconstruct(
         reference, _ = pad_to_multiple(F.interpolate(reference[None], size=(H, W), mode="bilinear")[0],
                                        spatial * patch[1])
     starts, padded, overlap = window_starts(T, settings.window, settings.window_overlap)
+    if settings.release_windows:
+        padded = max(padded, settings.window)
     if overlap != settings.window_overlap and len(starts) > 1:
         log.info("window overlap %d -> %d so windows start on the VAE's 4-frame grid", settings.window_overlap, overlap)
     if padded > T:  # repeat the last frame; the extra frames are dropped at the end
@@ -308,21 +322,28 @@ def reconstruct(
     prev_ref = None
     for k, s in enumerate(tqdm(starts, desc="windows", disable=not progress or len(starts) == 1)):
         sl = slice(s, s + win)
-        ref = prev_ref if prev_ref is not None else cond.reference
+        wc = prepare_conditioning(frames[sl], gamma, M, settings, reference) if settings.release_windows else \
+            Conditioning(cond.control[:, :, sl], cond.mask[:, sl], cond.over[sl], cond.under[sl], cond.reference)
+        ref = prev_ref if prev_ref is not None else wc.reference
         ref = ref.to(device) if ref is not None else None
-        context = model.vace_context(cond.control[:, :, sl].to(device), cond.mask[:, sl].to(device), ref)
+        context = model.vace_context(wc.control.to(device), wc.mask.to(device), ref)
         l0 = s // TEMPORAL
-        z = noise[:, :, l0 : l0 + win_lat]
-        if ref is not None:
-            z = torch.cat([ref_noise, z], dim=2)
+        if settings.release_windows:
+            z = release_window_noise((1, c, win_lat, h, w), settings.seed, ref is not None)
+        else:
+            z = noise[:, :, l0 : l0 + win_lat]
+            if ref is not None:
+                z = torch.cat([ref_noise, z], dim=2)
         check_token_split(model.transformer, z.shape[2] // patch[0] * (h // patch[1]) * (w // patch[2]))
-        gates = _gates(cond.over[sl], cond.under[sl], patch, spatial, ref is not None) if settings.cfa else None
+        gates = _gates(wc.over, wc.under, patch, spatial, ref is not None) if settings.cfa else None
         lat = denoise(model, context, text_c, text_u, z.to(device), settings, gates, progress, cfg_parallel).cpu()
         if ref is not None:
             lat = lat[:, :, 1:]
         if settings.prev_window_reference and k + 1 < len(starts):
             stride = starts[1] - starts[0]  # the VAE is causal: decode only up to frame `stride`
+            # no darker than the context's floor, -1 (the release clamps it so too)
             prev_ref = model.decode_latents(lat[:, :, : stride // TEMPORAL + 1].to(device))[:, :, stride].cpu()
+            prev_ref = prev_ref.clamp_min(-1.0)
         first, last = k == 0, k == len(starts) - 1
         if linear:
             wk = linear_blend_weights(win, overlap, first, last)

@@ -60,3 +60,35 @@ def test_no_under_mask_flag():
     base = ["--input_video", "v.mp4", "--output_dir", "o"]
     assert inf.settings_from_args(inf.parse_args(base)).use_under_mask
     assert not inf.settings_from_args(inf.parse_args([*base, "--no_under_mask"])).use_under_mask
+
+
+def test_release_window_noise_is_the_same_draw_each_window_and_rolls_a_reference_frame():
+    from diffhdr.pipeline import release_window_noise
+
+    a, b = release_window_noise((1, 4, 9, 2, 2), 10, False), release_window_noise((1, 4, 9, 2, 2), 10, False)
+    assert torch.equal(a, b) and torch.equal(a, torch.randn((1, 4, 9, 2, 2), generator=torch.Generator().manual_seed(10)))
+    r = release_window_noise((1, 4, 9, 2, 2), 10, True)
+    draw = torch.randn((1, 4, 10, 2, 2), generator=torch.Generator().manual_seed(10))
+    assert torch.equal(r[:, :, 0], draw[:, :, -1]) and torch.equal(r[:, :, 1:], draw[:, :, :-1])
+
+
+def test_release_windows_each_window_stands_alone():
+    """Under the release's windows the first window is a 33-frame run of its own (its own masks,
+    the same noise), and a short clip runs as if padded to 33 frames."""
+    from diffhdr.model import DiffHDRModel
+    from diffhdr.pipeline import InferenceSettings, reconstruct
+    from diffhdr.tiny import resolve_backbone
+
+    m = DiffHDRModel.from_pretrained(resolve_backbone("tiny"), dtype=torch.float32)
+    t = torch.linspace(0, 1, 41)[:, None, None, None]
+    frames = (0.3 + 0.7 * t * torch.linspace(0, 1, 32)[None, None, None, :]).expand(41, 3, 32, 32).clone()
+    release = InferenceSettings(num_inference_steps=2, window_overlap=17, blend="linear", cfa=False,
+                                guidance_scale=1.0, release_windows=True)
+    ours = InferenceSettings(**{**release.__dict__, "release_windows": False})
+    run = lambda f, s: reconstruct(m, f, parse_prompt(""), 2.2, 1000.0, s, progress=False)  # noqa: E731
+    long, alone = run(frames, release), run(frames[:33], release)
+    assert torch.allclose(long[:16], alone[:16], atol=1e-6)  # blend weight 1 before the overlap
+    assert not torch.allclose(long, run(frames, ours))  # ours: one noise draw sliced, one mask EMA
+    short = run(frames[:9], release)
+    padded = run(torch.cat([frames[:9], frames[8:9].expand(24, -1, -1, -1)]), release)
+    assert torch.allclose(short, padded[:9], atol=1e-6)
