@@ -234,6 +234,8 @@ def write_reports(out: Path, names, per_frame, per_seq, mean, a) -> None:
     out.mkdir(parents=True, exist_ok=True)
     payload = {"pred_dir": a.pred_dir, "gt_dir": a.gt_dir, "peak_nits": a.peak_nits, "metrics": names,
                "mean": mean, "per_sequence": per_seq,
+               # the release scores PIQE through pyiqa on float frames, pypiqe needs 8 bits: say which ran
+               **({"pu21_piqe_backend": M.pu21_piqe_backend()} if "pu21_piqe" in names else {}),
                "per_frame": {s: {m: v.tolist() for m, v in d.items()} for s, d in per_frame.items()}}
     with atomic_path(out / "scores.json") as tmp:
         tmp.write_text(json.dumps(payload, indent=2, allow_nan=True))

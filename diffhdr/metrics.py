@@ -94,20 +94,35 @@ def fovvideovdp(pred: np.ndarray, gt: np.ndarray, fps: float = 24.0, peak_nits: 
 # --------------------------------------------------------------------------- no-reference
 
 
-def pu21_piqe(pred: np.ndarray, peak_nits: float = 1000.0) -> np.ndarray:
+def pu21_piqe_backend() -> str:
+    """Which PIQE scores pu21_piqe: pyiqa's where it is installed (the release's: float V/600), else
+    pypiqe's (an 8-bit grey image)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyiqa") is not None:
+        return "pyiqa"
+    if importlib.util.find_spec("pypiqe") is not None:
+        return "pypiqe"
+    raise InputError("pu21_piqe needs pyiqa (the release's) or pypiqe: pip install pypiqe (or pip install -e .[eval])")
+
+
+def pu21_piqe(pred: np.ndarray, peak_nits: float = 1000.0, backend: str | None = None) -> np.ndarray:
     """Per-frame PIQE (lower is better) of PU21-encoded luminance, each video scaled by its own mean
-    P99.9 to `peak_nits`; V/600 as an 8-bit grey image."""
-    try:
-        from pypiqe import piqe
-    except ImportError:
-        raise InputError("pu21_piqe needs pypiqe: pip install pypiqe (or pip install -e .[eval])") from None
+    P99.9 to `peak_nits`, V/600 in [0, 1] as a grey image: float through pyiqa as the release scores
+    it, or quantised to 8 bits through pypiqe (`backend`: pu21_piqe_backend() when None)."""
+    backend = backend or pu21_piqe_backend()
     k = scale_to_nits(pred, peak_nits)
-    scores = []
-    for f in pred:
-        v = np.clip(pu21_encode(luminance(f) * k) / 600.0, 0, 1)
-        grey = (v * 255 + 0.5).astype(np.uint8)
-        scores.append(float(piqe(np.repeat(grey[..., None], 3, axis=-1))[0]))
-    return np.array(scores)
+    grey = [np.clip(pu21_encode(luminance(f) * k) / 600.0, 0, 1).astype(np.float32) for f in pred]
+    if backend == "pyiqa":
+        import pyiqa
+        import torch
+
+        metric = pyiqa.create_metric("piqe", device="cpu")
+        return np.array([float(metric(torch.from_numpy(v)[None, None].expand(1, 3, -1, -1))) for v in grey])
+    from pypiqe import piqe
+
+    return np.array([float(piqe(np.repeat((v * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1))[0])
+                     for v in grey])
 
 
 def _pyiqa_metric(name: str, weights: str | None, device: str):
@@ -192,7 +207,7 @@ METRICS = {
     "log_psnr": MetricInfo(True, True, True, "nothing"),
     "pu21_psnr": MetricInfo(True, True, True, "nothing"),
     "fovvideovdp": MetricInfo(True, False, True, "pyfvvdp (ships its calibration)"),
-    "pu21_piqe": MetricInfo(False, True, False, "pypiqe (no weights)"),
+    "pu21_piqe": MetricInfo(False, True, False, "pyiqa (as the release) or pypiqe (no weights)"),
     "hdrvdp3": MetricInfo(True, False, True, "MATLAB or Octave + hdrvdp-3 sources (--hdrvdp3_path)"),
     "fid": MetricInfo(True, False, False, "pytorch-fid + Inception weights file (--weights)"),
     "musiq": MetricInfo(False, True, True, "pyiqa + torchvision + MUSIQ weights in $TORCH_HOME/hub/pyiqa"),

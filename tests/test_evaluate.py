@@ -39,16 +39,32 @@ def test_reference_metrics_best_when_identical_and_monotone():
     assert all(j < 10.0 for j in jod)
 
 
-def test_pu21_piqe_gets_worse_with_blur():
-    # PIQE rates natural-image statistics; on flat procedural frames it is erratic, so a fine
-    # log-normal texture stands in for a natural HDR scene, degraded by growing blur.
+def textured(seed=0):
+    """A fine log-normal texture: PIQE rates natural-image statistics, and on flat procedural frames
+    it is erratic, so this stands in for a natural HDR scene."""
     from scipy.ndimage import gaussian_filter
 
-    rng = np.random.default_rng(0)
-    base = np.exp(2.5 * gaussian_filter(rng.standard_normal((2, 192, 256)), (0, 1, 1)))
-    base = np.repeat(base[..., None], 3, axis=-1).astype(np.float32)
-    scores = [M.pu21_piqe(gaussian_filter(base, (0, s, s, 0)) if s else base).mean() for s in (0, 1, 2, 4)]
+    base = np.exp(2.5 * gaussian_filter(np.random.default_rng(seed).standard_normal((2, 192, 256)), (0, 1, 1)))
+    return np.repeat(base[..., None], 3, axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["pypiqe", "pyiqa"])
+def test_pu21_piqe_gets_worse_with_blur(backend):
+    pytest.importorskip(backend)
+    from scipy.ndimage import gaussian_filter
+
+    base = textured()
+    scores = [M.pu21_piqe(gaussian_filter(base, (0, s, s, 0)) if s else base, backend=backend).mean()
+              for s in (0, 1, 2, 4)]
     assert all(a < b for a, b in zip(scores, scores[1:])), scores  # PIQE: lower is better
+
+
+def test_pu21_piqe_backends_agree_up_to_8_bits():
+    pytest.importorskip("pyiqa")
+    pytest.importorskip("pypiqe")
+    assert M.pu21_piqe_backend() == "pyiqa"  # the release's, where installed
+    release, ours = M.pu21_piqe(textured(1), backend="pyiqa"), M.pu21_piqe(textured(1), backend="pypiqe")
+    np.testing.assert_allclose(release, ours, rtol=0.1)
 
 
 def write_seq(folder, frames):
@@ -73,6 +89,7 @@ def test_baselines_scored_end_to_end(tmp_path):
         assert "fovvideovdp" in proc.stdout
         scores = json.loads((tmp_path / f"s_{method}/scores.json").read_text())
         means[method] = scores["mean"]
+        assert scores["pu21_piqe_backend"] == M.pu21_piqe_backend()  # which PIQE ran is said
         assert len(scores["per_frame"][method]["log_psnr"]) == 9  # named after <method>/exr
         assert (tmp_path / f"s_{method}/per_frame.csv").read_text().count("\n") == 10
         assert (tmp_path / f"s_{method}/per_frame.png").stat().st_size > 1000
