@@ -124,6 +124,9 @@ class TrainingConfig:
     loss_weighting: str = "none"  # "none" | "reference" (the release's Gaussian bump)
     # Prompt mix: "caption" (the spec: always the full caption) or "reference" (the release's mix).
     prompt_mix: str = "caption"
+    # The release's reference image in training: in 37.5% of samples (its draw u >= 0.625) the first
+    # target frame, linear with only 2x - 1 applied, leads the VACE context and the target latents.
+    reference_image: bool = False
     # Debugging aid: every step reuses the first batch, noise and timestep. A healthy setup
     # drives this loss towards zero; one that cannot overfit a single batch has a bug.
     overfit_one_batch: bool = False
@@ -217,6 +220,8 @@ def validate(cfg: Config, source: str) -> None:
     need(cfg.training.timestep_sampling in ("uniform", "logit_normal", "shifted"), "unknown training.timestep_sampling")
     need(cfg.training.loss_weighting in ("none", "reference"), "training.loss_weighting must be 'none' or 'reference'")
     need(cfg.training.prompt_mix in ("caption", "reference"), "training.prompt_mix must be 'caption' or 'reference'")
+    need(not cfg.training.reference_image or cfg.training.batch_size == 1,
+         "training.reference_image needs training.batch_size 1 (a reference adds a frame to some samples only)")
     need(cfg.training.lr_schedule in ("constant", "cosine"), "training.lr_schedule must be 'constant' or 'cosine'")
     need(cfg.augmentation.camera_response in ("none", "gamma", "filmic", "random"), "unknown augmentation.camera_response")
     need(cfg.augmentation.ev_min <= cfg.augmentation.ev_max, "augmentation.ev_min must be <= ev_max")

@@ -221,6 +221,7 @@ class Item:
     sequence: str
     start: int
     hybrid: bool = False  # the release's text-to-video sample (prompting.is_hybrid)
+    reference: bool = False  # the release's reference image leads this sample (training.reference_image)
 
 
 def ignore_sigterm(_worker_id: int) -> None:
@@ -240,6 +241,7 @@ def collate(items: list[Item]) -> dict:
         "sequence": [i.sequence for i in items],
         "start": [i.start for i in items],
         "hybrid": [i.hybrid for i in items],
+        "reference": [i.reference for i in items],
     }
 
 
@@ -249,6 +251,10 @@ class Conditioned:
     control: torch.Tensor  # (B, 3, T, H, W) Log-Gamma of the linearised LDR, in [-1, 1]
     mask: torch.Tensor  # (B, T, H, W) binary over ∪ under
     ldr: torch.Tensor  # (B, T, 3, H, W) 8-bit sRGB LDR before the grey fill (grey for a hybrid sample)
+    reference: torch.Tensor | None = None  # (B, 3, H, W) in [-1, 1]: the release's training reference
+
+
+REFERENCE_FROM = 0.625  # the release: a reference image when its sample draw u >= 0.625 (37.5%)
 
 
 def hybrid_target(hdr: torch.Tensor, ev: int, cfg: AugmentationConfig) -> torch.Tensor:
@@ -263,8 +269,9 @@ def condition_batch(batch: dict, cfg: Config, device) -> Conditioned:
     A hybrid sample (the release's text-to-video share) gets a uniform grey control, an all-ones
     mask and the target with the exposure shift undone (reference-facts section 3)."""
     gm = (cfg.color_mapping.gamma, cfg.color_mapping.M)
-    targets, controls, masks, ldrs = [], [], [], []
-    for hdr, ev, seed, hybrid in zip(batch["hdr"], batch["ev"], batch["seed"], batch["hybrid"]):
+    targets, controls, masks, ldrs, refs = [], [], [], [], []
+    for hdr, ev, seed, hybrid, with_ref in zip(batch["hdr"], batch["ev"], batch["seed"], batch["hybrid"],
+                                               batch["reference"]):
         if hybrid:  # nothing shown, everything to generate: no LDR to synthesise, no masks to detect
             target = hybrid_target(hdr.to(device), ev, cfg.augmentation)
             ldr = shown = torch.full_like(target, cfg.augmentation.grey_value)
@@ -275,13 +282,15 @@ def condition_batch(batch: dict, cfg: Config, device) -> Conditioned:
             over, under = detect_masks(sample.ldr, cfg.masks, training=True)
             ldr = grey_fill(sample.ldr, over, under, g, cfg.augmentation, cfg.masks.use_under)
             target, mask, shown = sample.hdr, combine(over, under, cfg.masks.use_under), sample.ldr
+        if with_ref:  # the first target frame, linear: the release applies 2x - 1 and no Log-Gamma
+            refs.append(to_vae_range(target[0]))
         controls.append(to_vae_range(log_gamma_encode(srgb_to_linear(ldr), *gm)).permute(1, 0, 2, 3))
         targets.append(to_vae_range(log_gamma_encode(target, *gm)).permute(1, 0, 2, 3))
         masks.append(mask)
         ldrs.append(shown)
     cached = batch["latent"] is not None
     return Conditioned(None if cached else torch.stack(targets), torch.stack(controls), torch.stack(masks),
-                       torch.stack(ldrs))
+                       torch.stack(ldrs), torch.stack(refs) if refs else None)
 
 
 class HDRVideoDataset(torch.utils.data.Dataset):
@@ -359,7 +368,8 @@ class HDRVideoDataset(torch.utils.data.Dataset):
         u, mix = float(torch.rand((), generator=g)), cfg.training.prompt_mix
         hybrid = is_hybrid(u, mix)
         prompt = training_prompt(read_caption(seq), u, mix, read_scene(seq) if hybrid else "")
-        return Item(hdr, latent, prompt, ev, seed, seq.name, start, hybrid)
+        reference = cfg.training.reference_image and u >= REFERENCE_FROM
+        return Item(hdr, latent, prompt, ev, seed, seq.name, start, hybrid, reference)
 
 
 class DrawSampler(torch.utils.data.Sampler):

@@ -56,7 +56,9 @@ def batch_loss(model, batch: dict, cfg: Config, g: torch.Generator, device, text
     with torch.no_grad():
         cond = condition_batch(batch, cfg, device)
         x0 = batch["latent"].to(device) if cond.target is None else model.encode_video(cond.target)
-        context = model.vace_context(cond.control, cond.mask)
+        context = model.vace_context(cond.control, cond.mask, cond.reference)
+        if cond.reference is not None:  # the release denoises the reference's latent too: it leads the target
+            x0 = torch.cat([model.encode_video(cond.reference[:, :, None]), x0], dim=2)
         text = texts(batch["prompt"], device) if texts is not None else model.encode_text(batch["prompt"]).to(device)
     t = cfg.training
     sigmas = sample_sigmas(x0.shape[0], g, t.timestep_sampling, t.timestep_shift)

@@ -92,3 +92,52 @@ def test_release_windows_each_window_stands_alone():
     short = run(frames[:9], release)
     padded = run(torch.cat([frames[:9], frames[8:9].expand(24, -1, -1, -1)]), release)
     assert torch.allclose(short, padded[:9], atol=1e-6)
+
+
+def test_training_reference_image_leads_the_context_and_the_target(tiny_cfg):
+    from diffhdr.color_mapping import to_vae_range
+    from diffhdr.dataset import HDRVideoDataset, collate, condition_batch
+    from diffhdr.model import DiffHDRModel
+    from diffhdr.tiny import resolve_backbone
+    from diffhdr.training import batch_loss
+
+    tiny_cfg.training.batch_size, tiny_cfg.training.reference_image = 1, True
+    tiny_cfg.training.prompt_mix = "reference"
+    ds = HDRVideoDataset(tiny_cfg, "train", use_cache=False)
+    items = [ds[i] for i in range(64)]
+    share = sum(i.reference for i in items) / len(items)
+    assert 0.2 < share < 0.55  # the release's 37.5% (u >= 0.625)
+    assert not any(i.reference and i.hybrid for i in items)
+    with_ref = next(i for i in items if i.reference)
+    cond = condition_batch(collate([with_ref]), tiny_cfg, "cpu")
+    from diffhdr.data_augmentation import synthesize_ldr
+
+    g = torch.Generator().manual_seed(with_ref.seed)
+    first = synthesize_ldr(with_ref.hdr, g, tiny_cfg.augmentation, ev=with_ref.ev).hdr[0]
+    assert torch.allclose(cond.reference[0], to_vae_range(first))  # linear, 2x - 1, no Log-Gamma
+    m = DiffHDRModel.from_pretrained(resolve_backbone("tiny"), dtype=torch.float32)
+    seen = {}
+    orig = m._dit_forward
+
+    def spy(xt, t, text, context):
+        seen["x"], seen["context"] = xt.shape, context.shape
+        return orig(xt, t, text, context)
+
+    m._dit_forward = spy
+    loss = batch_loss(m, collate([with_ref]), tiny_cfg, torch.Generator().manual_seed(0), "cpu")
+    frames = (tiny_cfg.training.resolution[0] - 1) // 4 + 1
+    assert torch.isfinite(loss) and seen["x"][2] == frames + 1 and seen["context"][2] == frames + 1
+    tiny_cfg.training.reference_image = False
+    batch_loss(m, collate([ds[0]]), tiny_cfg, torch.Generator().manual_seed(0), "cpu")
+    assert seen["x"][2] == frames
+
+
+def test_training_reference_image_needs_batch_1(tmp_path):
+    import pytest
+
+    from conftest import write_config
+    from diffhdr.config import ConfigError
+
+    path = write_config(tmp_path / "c.yaml", training={"reference_image": True, "batch_size": 2})
+    with pytest.raises(ConfigError, match="reference_image needs training.batch_size 1"):
+        load_config(path)
