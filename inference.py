@@ -98,6 +98,8 @@ def settings_from_args(a, model_defaults: dict | None = None) -> InferenceSettin
     if a.speed == "fast":
         s = dataclasses.replace(s, **FAST_GUIDANCE)
     overrides = {f.name: getattr(a, f.name) for f in dataclasses.fields(s) if getattr(a, f.name, None) is not None}
+    if a.seed is not None:  # a seed given is the seed, however long the video
+        overrides["long_video_seed"] = None
     s = dataclasses.replace(s, **overrides)
     if s.num_inference_steps < 1:
         raise InputError(f"--num_inference_steps must be at least 1 (got {s.num_inference_steps})")

@@ -72,6 +72,7 @@ class InferenceSettings:
     # reference's extra noise frame the last of one draw rolled to the front), and clips under one window
     # padded to a whole window. False: one mask EMA over the video (steadier), one noise draw sliced.
     release_windows: bool = False
+    long_video_seed: int | None = None  # the seed of a video longer than one window (the release: 34, else 10)
     masks: MaskConfig = field(default_factory=MaskConfig)
 
 
@@ -310,7 +311,8 @@ def reconstruct(
     text_c, text_u = texts if texts is not None else encode_texts(model, caption, settings, device)
     n_lat = (padded - 1) // TEMPORAL + 1
     h, w = frames.shape[-2] // spatial, frames.shape[-1] // spatial
-    g = torch.Generator(device="cpu").manual_seed(settings.seed)
+    seed = settings.long_video_seed if settings.long_video_seed is not None and len(starts) > 1 else settings.seed
+    g = torch.Generator(device="cpu").manual_seed(seed)
     c = model.transformer.config.in_channels  # the VAE's z_dim: 16 for Wan 2.1
     noise = torch.randn((1, c, n_lat, h, w), generator=g)
     ref_noise = torch.randn((1, c, 1, h, w), generator=g)  # the extra leading frame a reference adds
@@ -329,7 +331,7 @@ def reconstruct(
         context = model.vace_context(wc.control.to(device), wc.mask.to(device), ref)
         l0 = s // TEMPORAL
         if settings.release_windows:
-            z = release_window_noise((1, c, win_lat, h, w), settings.seed, ref is not None)
+            z = release_window_noise((1, c, win_lat, h, w), seed, ref is not None)
         else:
             z = noise[:, :, l0 : l0 + win_lat]
             if ref is not None:

@@ -141,3 +141,22 @@ def test_training_reference_image_needs_batch_1(tmp_path):
     path = write_config(tmp_path / "c.yaml", training={"reference_image": True, "batch_size": 2})
     with pytest.raises(ConfigError, match="reference_image needs training.batch_size 1"):
         load_config(path)
+
+
+def test_reference_preset_seeds_long_videos_as_the_long_video_script():
+    from diffhdr.model import DiffHDRModel
+    from diffhdr.pipeline import InferenceSettings, reconstruct
+    from diffhdr.tiny import resolve_backbone
+
+    inf = inference_module()
+    base = ["--input_video", "v.mp4", "--output_dir", "o", "--preset", "reference"]
+    s = inf.settings_from_args(inf.parse_args(base))
+    assert (s.seed, s.long_video_seed) == (10, 34)
+    assert inf.settings_from_args(inf.parse_args([*base, "--seed", "5"])).long_video_seed is None
+    m = DiffHDRModel.from_pretrained(resolve_backbone("tiny"), dtype=torch.float32)
+    frames = torch.rand(41, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    common = dict(num_inference_steps=1, window_overlap=17, cfa=False, guidance_scale=1.0, release_windows=True)
+    run = lambda f, **kw: reconstruct(m, f, parse_prompt(""), 2.2, 1000.0,  # noqa: E731
+                                      InferenceSettings(**common, **kw), progress=False)
+    assert torch.equal(run(frames, seed=10, long_video_seed=34), run(frames, seed=34))  # two windows: 34
+    assert torch.equal(run(frames[:33], seed=10, long_video_seed=34), run(frames[:33], seed=10))  # one: 10
