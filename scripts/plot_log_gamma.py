@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import argparse
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from diffhdr.cli import HelpFormatter  # noqa: E402
-from diffhdr.color_mapping import linear_to_srgb, log_gamma_encode  # noqa: E402
+from diffhdr.cli import HelpFormatter
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", default="docs/log_gamma_curve.png", help="PNG to write")
     a = p.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from diffhdr.color_mapping import linear_to_srgb, log_gamma_encode
+
     stops = np.linspace(-14, 17, 2000)
     x = 2.0**stops
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
