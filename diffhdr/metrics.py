@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -192,31 +191,6 @@ def hdrvdp3(pred_dir: Path, gt_dir: Path, hdrvdp_path: str | None, peak_nits: fl
     if out.returncode != 0:
         raise InputError(f"hdrvdp3: {Path(runner).name} failed: {out.stderr.strip().splitlines()[-1:]}")
     return float(out.stdout.strip().splitlines()[-1])
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    needs_gt: bool
-    per_frame: bool
-    higher_is_better: bool
-    offline: str  # what it needs offline
-    needs_ldr: bool = False  # the 8-bit input the prediction was made from (evaluate.py --ldr)
-
-
-METRICS = {
-    "log_psnr": MetricInfo(True, True, True, "nothing"),
-    "pu21_psnr": MetricInfo(True, True, True, "nothing"),
-    "fovvideovdp": MetricInfo(True, False, True, "pyfvvdp (ships its calibration)"),
-    "pu21_piqe": MetricInfo(False, True, False, "pyiqa (as the release) or pypiqe (no weights)"),
-    "hdrvdp3": MetricInfo(True, False, True, "MATLAB or Octave + hdrvdp-3 sources (--hdrvdp3_path)"),
-    "fid": MetricInfo(True, False, False, "pytorch-fid + Inception weights file (--weights)"),
-    "musiq": MetricInfo(False, True, True, "pyiqa + torchvision + MUSIQ weights in $TORCH_HOME/hub/pyiqa"),
-    "clipiqa": MetricInfo(False, True, True, "pyiqa + torchvision + CLIP weights in $TORCH_HOME/hub/pyiqa"),
-    "dover": MetricInfo(False, False, True, "the authors' DOVER code + DOVER.pth (no PyPI package)"),
-    "stops_clipped": MetricInfo(True, True, False, "nothing", needs_ldr=True),
-    "stops_elsewhere": MetricInfo(True, True, False, "nothing", needs_ldr=True),
-}
-BENCHMARKS = {"sihdr": ["hdrvdp3", "pu21_piqe", "fid"], "cinematic": ["fovvideovdp", "dover", "musiq", "clipiqa"]}
 
 
 def stop_map(pred: np.ndarray, gt: np.ndarray, eps: float = 1e-3) -> np.ndarray:

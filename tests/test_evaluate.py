@@ -7,6 +7,7 @@ from PIL import Image
 from conftest import run_script
 from diffhdr import metrics as M
 from diffhdr.errors import InputError
+from diffhdr.options import BENCHMARKS, METRICS
 from diffhdr.io import write_exr
 from diffhdr.synthetic import render_frame
 
@@ -115,7 +116,7 @@ def test_offline_metrics_fail_with_one_clear_line(tmp_path):
     write_seq(tmp_path / "p", video(frames=2))
     for metric, message in [("dover", "DOVER has no PyPI package"), ("hdrvdp3", "HDR-VDP-3 is MATLAB code"),
                             ("musiq", "musiq"), ("clipiqa", "clipiqa"), ("fid", "fid")]:
-        args = ["--gt_dir", tmp_path / "p"] if M.METRICS[metric].needs_gt else []
+        args = ["--gt_dir", tmp_path / "p"] if METRICS[metric].needs_gt else []
         proc = run_script("evaluate.py", "--pred_dir", tmp_path / "p", *args, "--metrics", metric,
                           "--output", tmp_path / "o", check=False)
         assert proc.returncode == 2, proc.stderr
@@ -157,7 +158,7 @@ def test_bad_inputs(tmp_path):
 
 
 def test_metric_table_lists_offline_needs():
-    assert set(M.BENCHMARKS["sihdr"]) <= set(M.METRICS) and set(M.BENCHMARKS["cinematic"]) <= set(M.METRICS)
+    assert set(BENCHMARKS["sihdr"]) <= set(METRICS) and set(BENCHMARKS["cinematic"]) <= set(METRICS)
     with pytest.raises(InputError, match="DOVER"):
         M.dover(video(frames=1))
 
