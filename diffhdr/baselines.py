@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .color_mapping import luminance, srgb_to_linear
+from .options import BASELINE_METHODS
 
 
 def linear_expansion(srgb: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
@@ -28,4 +29,4 @@ def akyuz2007(srgb: torch.Tensor, peak: float = 10.0, gamma: float = 1.0, eps: f
     return lin * (lh / torch.clamp(ld, min=eps))[:, None]
 
 
-BASELINES = {"linear": linear_expansion, "akyuz": akyuz2007}
+BASELINES = dict(zip(BASELINE_METHODS, (linear_expansion, akyuz2007)))

@@ -16,6 +16,7 @@ PRESETS = {
                       blend="linear", prompt_verbatim=True, release_windows=True, long_video_seed=34),
 }
 OUTPUT_COLORSPACES = ("rec709", "acescg", "aces2065-1")  # inference's EXR output (diffhdr.colorspace)
+BASELINE_METHODS = ("linear", "akyuz")  # scripts/baselines.py (diffhdr.baselines.BASELINES)
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def test_a_crash_with_loader_workers_alive_exits_with_its_trace():
     assert "RuntimeError: a bug mid-run" in p.stderr and "Traceback" in p.stderr
 
 
-LIGHT_HELP = ["train.py", "inference.py", "evaluate.py", "scripts/export_lora.py", "scripts/precompute_hdr_latents.py",
+LIGHT_HELP = ["train.py", "inference.py", "evaluate.py", "scripts/baselines.py", "scripts/export_lora.py", "scripts/precompute_hdr_latents.py",
               "scripts/eval_mini.py", "scripts/make_hdri_dataset.py", "scripts/demo.py", "scripts/generate_captions.py"]
 PROBE = """
 import runpy, sys
