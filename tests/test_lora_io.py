@@ -221,3 +221,19 @@ def test_our_exports_load_back_in_both_layouts(tmp_path):
         got = lora_deltas(fresh.transformer)
         assert set(got) == set(want)
         assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want), layout
+
+
+def test_a_lora_file_mixing_ranks_loads_each_at_its_own(tmp_path):
+    m = tiny_model()
+    state = wan_lora(m.transformer, "comfyui", 4.0)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 128, generator=g), torch.randn(256, 2, generator=g)
+    state |= {"diffusion_model.blocks.0.ffn.0.lora_down.weight": a, "diffusion_model.blocks.0.ffn.0.lora_up.weight": b,
+              "diffusion_model.blocks.0.ffn.0.alpha": torch.tensor(1.0)}  # rank 2, alpha 1: scale 0.5
+    save_file(state, tmp_path / "mixed.safetensors")
+    load_lora_file(m.transformer, tmp_path / "mixed.safetensors")
+    deltas = lora_deltas(m.transformer)
+    assert torch.allclose(deltas["blocks.0.ffn.net.0.proj"], b @ a * 0.5, atol=1e-6)
+    q = "diffusion_model.blocks.1.self_attn.q."
+    assert torch.allclose(deltas["blocks.1.attn1.to_q"], state[q + "lora_up.weight"] @ state[q + "lora_down.weight"],
+                          atol=1e-6)  # rank 4, alpha 4: scale 1
