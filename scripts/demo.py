@@ -37,7 +37,7 @@ def main():
 
     from diffhdr.color_mapping import linear_to_srgb
     from diffhdr.io import write_exr, write_video
-    from diffhdr.synthetic import render_frame, write_dataset
+    from diffhdr.synthetic import DEMO_EXPOSURE, render_sky, write_dataset
 
     out = (ROOT / a.out).resolve()
     start = time.perf_counter()
@@ -49,13 +49,13 @@ def main():
     (out / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     step("train the LoRA (tiny model, 20 steps)", "train.py", "--config", out / "tiny.yaml")
 
-    frames = np.stack([render_frame(48, 64, t, seed=7) for t in range(33)])  # an unseen scene
+    frames = np.stack([render_sky(48, 64, t, seed=3) * DEMO_EXPOSURE for t in range(33)])  # a landscape, unseen
     write_video(out / "ldr.mp4", (linear_to_srgb(frames) * 255).astype(np.uint8))
     for i, f in enumerate(frames):
         write_exr(out / "groundtruth" / "exr" / f"frame_{i:05d}.exr", f)
     step("reconstruct HDR from the 8-bit video", "inference.py", "--input_video", out / "ldr.mp4",
          "--output_dir", out / "hdr", "--lora_checkpoint", out / "checkpoints" / "checkpoint-final",
-         "--prompt", "[Overexposed: a blinding sun and bright sky]; [Underexposed: a dark doorway]",
+         "--prompt", "[Overexposed: the sun, its glow and sunlit clouds]; [Underexposed: deep shade under the trees]",
          "--num_inference_steps", 10, "--device", "cpu", "--overwrite")
     evaluate = ROOT / "evaluate.py"
     if evaluate.is_file():

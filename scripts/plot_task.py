@@ -1,6 +1,6 @@
-"""Draw the README's picture of the task on the procedural scene the tests and the demo use: an 8-bit
-frame (sky and sun clipped to white, the interior crushed to black) against the linear HDR it came
-from, shown at two exposures, which is what inference.py has to recover.
+"""Draw the README's picture of the task on the demo's procedural landscape (synthetic.render_sky): an
+8-bit frame (sun, glow and lit clouds clipped to white, the shade under the trees crushed) against the
+linear HDR it came from, shown at two exposures, which is what inference.py has to recover.
 
     python scripts/plot_task.py [--out docs/task.png]
 """
@@ -23,13 +23,13 @@ def main():
     import numpy as np
 
     from diffhdr.color_mapping import linear_to_srgb
-    from diffhdr.synthetic import render_frame
+    from diffhdr.synthetic import DEMO_EXPOSURE, render_sky
 
-    hdr = render_frame(180, 320, 0, seed=7) / 8.0  # exposed so that the ground is mid-grey in 8 bits
+    hdr = render_sky(192, 320, 0, seed=3) * DEMO_EXPOSURE
     ldr = np.floor(linear_to_srgb(hdr.clip(0, 1)) * 255) / 255
-    panels = [(ldr, "8-bit input: sky and sun clipped, interior crushed"),
-              (linear_to_srgb((hdr * 2.0**-5).clip(0, 1)), "linear HDR at -5 EV: the sky and sun it lost"),
-              (linear_to_srgb((hdr * 2.0**9).clip(0, 1)), "linear HDR at +9 EV: the interior it lost")]
+    panels = [(ldr, "8-bit input: the sun, its glow and the clouds clipped"),
+              (linear_to_srgb((hdr * 2.0**-3).clip(0, 1)), "linear HDR at -3 EV: what the clip lost"),
+              (linear_to_srgb((hdr * 2.0**6).clip(0, 1)), "linear HDR at +6 EV: the shade under the trees")]
     fig, axes = plt.subplots(1, 3, figsize=(12, 2.7), dpi=100)
     for ax, (img, title) in zip(axes, panels):
         ax.imshow(img)

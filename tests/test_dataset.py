@@ -143,3 +143,18 @@ def test_hybrid_sample_has_grey_control_full_mask_and_unexposed_target(tiny_cfg,
         assert "a sunny street" in HDRVideoDataset(tiny_cfg, "train").prompts()
     finally:
         (seq / "scene.txt").unlink()
+
+
+def test_demo_landscape_clips_and_crushes_like_an_overexposed_photograph():
+    import numpy as np
+
+    from diffhdr.color_mapping import linear_to_srgb
+    from diffhdr.synthetic import DEMO_EXPOSURE, render_sky
+
+    a, b = render_sky(96, 160, 0, seed=3) * DEMO_EXPOSURE, render_sky(96, 160, 8, seed=3) * DEMO_EXPOSURE
+    codes = np.floor(linear_to_srgb(np.clip(a, 0, 1)) * 255)
+    clipped, crushed = (codes >= 250).all(-1).mean(), (codes <= 8).all(-1).mean()
+    assert 0.15 < clipped < 0.6 and 0.01 < crushed < 0.2  # a real scene's share, not all or nothing
+    assert a.max() > 1000 and np.isfinite(a).all() and (a > 0).all()  # the sun, far above the clip
+    assert np.argmax(a.sum(-1).max(0)) == np.argmax(b.sum(-1).max(0))  # the sun stays while the land pans
+    assert not np.allclose(a[-10:], b[-10:])
