@@ -169,9 +169,10 @@ def main(argv=None):
         color = {"gamma": defaults["gamma"], "M": defaults["M"]}
     settings = settings_from_args(a, defaults.get("inference") if defaults else None)
     if a.context_parallel == "ring" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError("--context_parallel ring is refused: on 2 H200s its latents differed from one GPU's by "
-                         "2.8% after one step and that is not yet shown to be bf16 rounding; use ulysses "
-                         "(attention heads divisible by the GPUs) or --cfg_parallel")
+        raise InputError("--context_parallel ring is refused for now: on 2 H200s its latents differed from one "
+                         "GPU's by 2.8% after one step; its logic is exact (float64, bench/check_ring_cpu.py) but "
+                         "that bf16 rounding is not yet measured against two bf16 kernels'; use ulysses (attention "
+                         "heads divisible by the GPUs) or --cfg_parallel")
     rank, world = init_distributed(a.device)
     if a.cfg_parallel and (world < 2 or settings.guidance_scale == 1.0):
         raise InputError("--cfg_parallel needs torchrun with 2 or more processes and guidance (--guidance_scale > 1)")

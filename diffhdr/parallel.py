@@ -122,9 +122,11 @@ def enable_context_parallel(transformer, kind: str, mesh) -> None:
         raise InputError(f"Ulysses needs the {heads} attention heads divisible by the {world} GPUs; use ring")
     gpu = torch.accelerator.device_count() > 0
     if kind == "ring":
-        if not gpu:
-            raise InputError("ring attention needs a GPU kernel that returns the log-sum-exp; on CPU use ulysses")
-        transformer.set_attention_backend("_native_cudnn")  # the default SDPA path returns no LSE
+        if gpu:
+            transformer.set_attention_backend("_native_cudnn")  # the default SDPA path returns no LSE
+        elif not _cpu_kernel_returns_lse():
+            raise InputError("ring attention needs a kernel that returns the log-sum-exp (cuDNN or flash on a GPU); "
+                             "on CPU use ulysses")
     cp = ContextParallelConfig(**{f"{kind}_degree": world}, mesh=mesh)
     if gpu:
         transformer.enable_parallelism(config=cp, cp_plan=vace_cp_plan())
@@ -141,6 +143,19 @@ def enable_context_parallel(transformer, kind: str, mesh) -> None:
                 module.processor._parallel_config = config
         apply_context_parallel(transformer, cp, vace_cp_plan())
     log.info("context parallelism: %s over %d ranks", kind, world)
+
+
+def _cpu_kernel_returns_lse() -> bool:
+    """Whether diffusers' native attention kernel, the CPU's, gives ring attention its log-sum-exp
+    (torch's does not; bench/check_ring_cpu.py puts in an exact one that does)."""
+    import diffusers.models.attention_dispatch as ad
+
+    q = torch.zeros(1, 1, 1, 8)
+    try:
+        ad._native_attention_forward_op(None, q, q, q, return_lse=True, _save_ctx=False)
+    except ValueError:
+        return False
+    return True
 
 
 def check_token_split(transformer, n_tokens: int) -> None:
