@@ -13,6 +13,7 @@ plus a small KL. At the end the latents' per-channel mean and std go into the VA
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import time
@@ -130,7 +131,7 @@ def main(argv=None):
     def batch():
         return next(loader).to(a.device)
 
-    t0 = time.perf_counter()
+    t0, held_out_loss = time.perf_counter(), None
     for step in tqdm(range(a.steps), desc="vae"):
         loss = reconstruction_loss(vae, batch(), True, a.kl)
         opt.zero_grad(set_to_none=True)
@@ -140,7 +141,10 @@ def main(argv=None):
         sched.step()
         last = step == a.steps - 1 or stop.set
         if step % 100 == 0 or last:
-            held_out = f" val_loss={validation_loss(vae, val, a.device):.5f}" if val and (step % 500 == 0 or last) else ""
+            held_out = ""
+            if val and (step % 500 == 0 or last):
+                held_out_loss = validation_loss(vae, val, a.device)
+                held_out = f" val_loss={held_out_loss:.5f}"
             log.info("step=%d/%d loss=%.5f%s (%.3f s/step)", step + 1, a.steps, loss.item(), held_out,
                      (time.perf_counter() - t0) / (step + 1))
         if stop.set:
@@ -152,6 +156,9 @@ def main(argv=None):
         dims = (0, 2, 3, 4)
         vae.register_to_config(latents_mean=z.mean(dims).tolist(), latents_std=z.std(dims).clamp_min(1e-3).tolist())
     vae.save_pretrained(vae_dir)
+    # what a script resuming a recipe checks (scripts/train_mini.sh): a run stopped early is saved but not done
+    (vae_dir / "train_vae.json").write_text(json.dumps({"steps_done": step + 1, "steps": a.steps,
+                                                        "val_loss": held_out_loss}) + "\n")
     log.info("saved %s (latent std %s)", vae_dir, [round(v, 3) for v in vae.config.latents_std])
 
 
