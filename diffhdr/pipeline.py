@@ -307,7 +307,8 @@ def reconstruct(
         log.info("window overlap %d -> %d so windows start on the VAE's 4-frame grid", settings.window_overlap, overlap)
     if padded > T:  # repeat the last frame; the extra frames are dropped at the end
         frames = torch.cat([frames, frames[-1:].expand(padded - T, -1, -1, -1)])
-    cond = prepare_conditioning(frames, gamma, M, settings, reference)
+    # the release's windows each detect their own masks: no pass over the whole video for them
+    cond = None if settings.release_windows else prepare_conditioning(frames, gamma, M, settings, reference)
     text_c, text_u = texts if texts is not None else encode_texts(model, caption, settings, device)
     n_lat = (padded - 1) // TEMPORAL + 1
     h, w = frames.shape[-2] // spatial, frames.shape[-1] // spatial
@@ -324,7 +325,7 @@ def reconstruct(
     prev_ref = None
     for k, s in enumerate(tqdm(starts, desc="windows", disable=not progress or len(starts) == 1)):
         sl = slice(s, s + win)
-        wc = prepare_conditioning(frames[sl], gamma, M, settings, reference) if settings.release_windows else \
+        wc = prepare_conditioning(frames[sl], gamma, M, settings, reference) if cond is None else \
             Conditioning(cond.control[:, :, sl], cond.mask[:, sl], cond.over[sl], cond.under[sl], cond.reference)
         ref = prev_ref if prev_ref is not None else wc.reference
         ref = ref.to(device) if ref is not None else None
