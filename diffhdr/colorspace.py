@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .color_mapping import REC709_CHROMATICITIES
+from .errors import InputError
 from .options import OUTPUT_COLORSPACES
 
 ACES_WHITE = (0.32168, 0.33767)
@@ -55,8 +56,6 @@ def convert(rgb: np.ndarray, src: str, dst: str) -> np.ndarray:
 
 def space_of(chromaticities, source) -> str:
     """The name of the colour space an EXR header's chromaticities describe (Rec.709 when absent)."""
-    from .errors import InputError
-
     if chromaticities is None:
         return "rec709"
     for name, known in CHROMATICITIES.items():

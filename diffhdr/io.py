@@ -97,15 +97,19 @@ def read_exr(path: str | Path) -> np.ndarray:
     return rgb.astype(np.float32, copy=False)
 
 
-def exr_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) of an OpenEXR file from its header alone, after checking it has R/G/B (or Y) channels."""
+def _exr_header(path: str | Path) -> dict:
     import OpenEXR
 
     try:
         with OpenEXR.File(str(path), header_only=True) as f:
-            header = dict(f.header())  # a copy: the file's own is emptied when it closes
+            return dict(f.header())  # a copy: the file's own is emptied when it closes
     except Exception as e:
         raise InputError(f"{path}: unreadable OpenEXR header ({e})") from None
+
+
+def exr_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an OpenEXR file from its header alone, after checking it has R/G/B (or Y) channels."""
+    header = _exr_header(path)
     if "channels" not in header or "dataWindow" not in header:  # a truncated file can read as an empty header
         raise InputError(f"{path}: unreadable OpenEXR header (no channels or data window)")
     names = [c.name for c in header["channels"]]
@@ -117,13 +121,7 @@ def exr_size(path: str | Path) -> tuple[int, int]:
 
 def exr_chromaticities(path: str | Path) -> tuple[float, ...] | None:
     """The `chromaticities` attribute of an EXR header (R, G, B, white xy), None where it has none."""
-    import OpenEXR
-
-    try:
-        with OpenEXR.File(str(path), header_only=True) as f:
-            value = f.header().get("chromaticities")
-    except Exception as e:
-        raise InputError(f"{path}: unreadable OpenEXR header ({e})") from None
+    value = _exr_header(path).get("chromaticities")
     return None if value is None else tuple(float(v) for v in value)
 
 

@@ -13,8 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .color_mapping import linear_to_srgb, reinhard_global
-from .errors import InputError
 from .colorspace import CHROMATICITIES, convert
+from .errors import InputError
 from .io import atomic_path, hevc_10bit_available, write_exr, write_hdr10_video, write_video
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from diffhdr.cli import HelpFormatter, run
+from diffhdr.options import SPEED_MODES
 
 
 def parse_args(argv):
@@ -27,7 +28,7 @@ def parse_args(argv):
     p.add_argument("--base_model", default="mini", help="model to score")
     p.add_argument("--sequences", type=int, default=12, help="how many sequences (spread over the images)")
     p.add_argument("--frames", type=int, default=33, help="clip length")
-    p.add_argument("--speed", choices=("naive", "default", "fast"), default="naive",
+    p.add_argument("--speed", choices=SPEED_MODES, default="naive",
                    help="inference.py's --speed (fast: fp8 GEMMs on a GPU, guidance on fewer steps)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="inference settings over the model's defaults, e.g. guidance_scale=1 alpha_over=3")
