@@ -48,6 +48,13 @@ def discover_lora_targets(transformer: nn.Module, branch: str, suffixes: list[st
     )
 
 
+def context_halves(control: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VACE's split of the control video (B, 3, T, H, W) by a binary mask (B, T, H, W): the inactive
+    part (outside the mask) and the reactive part (inside), each zero, the middle of [-1, 1], elsewhere."""
+    m = (mask > 0.5).to(control.dtype)[:, None]
+    return control * (1 - m), control * m
+
+
 def _vae_latent_stats(vae, device) -> tuple[torch.Tensor, torch.Tensor]:
     z = vae.config.z_dim
     mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=device).view(1, z, 1, 1, 1)
@@ -253,10 +260,9 @@ class DiffHDRModel(nn.Module):
         control (B, 3, T, H, W) in [-1, 1]; mask (B, T, H, W) binary; reference (B, 3, H, W) in [-1, 1]
         or None. With a reference, its latent (+C zero channels) and a zero mask frame lead in time.
         """
-        m = (mask > 0.5).to(control.dtype)[:, None]  # (B, 1, T, H, W)
         b = control.shape[0]
         # inactive and reactive in one VAE call: the batch elements are independent
-        both = self.encode_video(torch.cat([control * (1 - m), control * m]))
+        both = self.encode_video(torch.cat(context_halves(control, mask)))
         latents = torch.cat([both[:b], both[b:]], dim=1)  # (B, 2C, T', h, w)
         masks = torch.stack([mask_to_latent(mk, self.spatial) for mk in mask]).to(latents)  # (B, s^2, T', h, w)
         if reference is not None:

@@ -7,7 +7,8 @@ clip exposed +1 or +2 EV (alternating), turned into 8-bit sRGB as a camera would
 radiance >= 1). Error: diffhdr.metrics.stop_error, inside the pixels the LDR clipped and elsewhere,
 at the LDR's scale. Baselines on the same pixels: inverse sRGB (no expansion), Akyuz 2007's
 expansion (diffhdr.baselines), and an oracle that fills every clipped pixel with its
-true median (it knows the ground truth).
+true median (it knows the ground truth). One more row, the model's own floor: the ground truth
+through its VAE alone (encode, decode), which no output of its DiT can beat by much.
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ def main(argv=None):
 
     from diffhdr.baselines import BASELINES
     from diffhdr.checkpoint import model_defaults
-    from diffhdr.color_mapping import linear_to_srgb, srgb_to_linear
+    from diffhdr.color_mapping import linear_to_srgb, log_gamma_encode, srgb_to_linear, to_vae_range
     from diffhdr.dataset import list_sequences, read_frames
     from diffhdr.metrics import clipped_pixels, stop_error
     from diffhdr.model import DiffHDRModel
-    from diffhdr.pipeline import FAST_GUIDANCE, InferenceSettings, reconstruct
+    from diffhdr.pipeline import FAST_GUIDANCE, InferenceSettings, latents_to_hdr, reconstruct
     from diffhdr.prompting import parse_prompt
     from diffhdr.runtime import apply_speed_mode
     from diffhdr.tiny import resolve_backbone
@@ -91,14 +92,18 @@ def main(argv=None):
         oracle = lin.copy()
         if clipped.any():
             oracle[clipped] = np.median(g[clipped], axis=0)
+        with torch.no_grad():
+            x = to_vae_range(log_gamma_encode(gt, defaults["gamma"], defaults["M"])).permute(1, 0, 2, 3)[None]
+            round_trip = latents_to_hdr(model, model.encode_video(x.to(device)), defaults["gamma"], defaults["M"])
         methods = {"diffhdr-mini": pred.permute(0, 2, 3, 1).numpy(), "no expansion": lin, "oracle constant": oracle,
-                   "akyuz2007 (peak 10)": BASELINES["akyuz"](ldr).permute(0, 2, 3, 1).numpy()}
+                   "akyuz2007 (peak 10)": BASELINES["akyuz"](ldr).permute(0, 2, 3, 1).numpy(),
+                   "ground truth through the VAE": round_trip.permute(0, 2, 3, 1).numpy()}
         for name, x in methods.items():
             rows.setdefault(name, []).append(stop_error(x, g, clipped))
     table = {name: {key: float(np.nanmean([r[key] for r in rs])) for key in rs[0]} for name, rs in rows.items()}
-    print(f"{'method':24s} {'stops, clipped':>15s} {'stops, elsewhere':>17s}")
+    print(f"{'method':30s} {'stops, clipped':>15s} {'stops, elsewhere':>17s}")
     for name, r in table.items():
-        print(f"{name:24s} {r['stops_clipped']:15.3f} {r['stops_elsewhere']:17.3f}")
+        print(f"{name:30s} {r['stops_clipped']:15.3f} {r['stops_elsewhere']:17.3f}")
     print(f"{len(seqs)} clips, {time.time() - t0:.0f} s")
     if a.out:
         Path(a.out).write_text(json.dumps({"clips": len(seqs), "frames": a.frames, "evs": [1, 2],

@@ -68,6 +68,8 @@ def main(argv=None):
     a = parse_args(argv)
     # imported after parsing, so that --help answers without loading torch
     from concurrent.futures import ProcessPoolExecutor
+
+    import torch
     from tqdm.auto import tqdm
 
     from diffhdr.io import HDR_EXTS
@@ -89,7 +91,10 @@ def main(argv=None):
         first[i], counters[split] = (split, counters[split]), counters[split] + a.sequences_per_image
     jobs = [(i, path, *first[i], a) for i, path in enumerate(images)]
     manifest = []
-    with ProcessPoolExecutor(max(1, min(a.workers, len(jobs)))) as pool:
+    # one torch thread a process: a pool of processes each running a thread per core oversubscribes the CPU
+    # (16 sequences of 33x144x176: 4.6 s on 2 cores against 9.4 s; 288 of them took 160 s on 32 cores)
+    with ProcessPoolExecutor(max(1, min(a.workers, len(jobs))), initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:
         for rows in tqdm(pool.map(write_image_sequences, jobs), total=len(jobs), desc="images"):
             manifest += rows
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=float))

@@ -56,12 +56,12 @@ def mini_run(tmp_path_factory):
     run_script("scripts/make_hdri_dataset.py", "--images", imgs, "--out", tmp / "data", "--sequences_per_image", 2,
                "--frames", 9, "--height", 32, "--width", 32, "--workers", 1, "--val_images", "photo.exr")
     base = write_tiny_model(tmp / "base", transformer=MINI_TRANSFORMER, vae=MINI_VAE)
-    run_script("scripts/train_vae.py", "--model_dir", base, "--dataset_root", tmp / "data/train", "--steps", 2,
-               "--clip", 5, 32, 32, "--batch_size", 1, "--workers", 0)
     cfg = yaml.safe_load((ROOT / "configs/mini.yaml").read_text().replace("runs/mini", str(tmp)))
     cfg["data"].update(sequence_frames=9, num_workers=0)
     cfg["training"].update(resolution=[5, 32, 32], batch_size=1)
     (tmp / "mini.yaml").write_text(yaml.safe_dump(cfg))
+    run_script("scripts/train_vae.py", "--model_dir", base, "--config", tmp / "mini.yaml", "--steps", 2,
+               "--clip", 5, 32, 32, "--batch_size", 2, "--workers", 0, "--val_root", tmp / "data/val")
     run_script("train.py", "--config", tmp / "mini.yaml", "--max_steps", 2)
     run_script("scripts/package_mini.py", "--base", base, "--checkpoint", tmp / "dit/checkpoint-final",
                "--out", tmp / "model")
