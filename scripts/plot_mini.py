@@ -21,30 +21,19 @@ def main(argv=None):
     p.add_argument("--evs", type=float, nargs=2, default=[-2.0, -4.0], help="the two exposures of the HDR rows")
     p.add_argument("--out", default="docs/mini.png", help="PNG to write")
     a = p.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     from diffhdr.color_mapping import linear_to_srgb, srgb_to_linear
     from diffhdr.evaluation import load_frames
     from diffhdr.io import read_video
+    from diffhdr.plotting import save_panels
 
     ldr = read_video(a.ldr)[0][a.frame] / 255.0
     rows = {"no expansion (inverse sRGB)": srgb_to_linear(ldr), "DiffHDR-mini": load_frames(Path(a.pred))[a.frame],
             "ground truth": load_frames(Path(a.gt))[a.frame]}
-    fig, axes = plt.subplots(3, 3, figsize=(10, 6.2), dpi=100)
+    panels = []
     for r, (name, hdr) in enumerate(rows.items()):
         shown = [(ldr if r == 0 else linear_to_srgb(hdr.clip(0, 1)), f"{name} at 0 EV" if r else "8-bit input")]
-        shown += [(linear_to_srgb((hdr * 2.0**ev).clip(0, 1)), f"{name} at {ev:+g} EV") for ev in a.evs]
-        for ax, (img, title) in zip(axes[r], shown):
-            ax.imshow(img)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(a.out)
-    print("wrote", a.out)
+        panels.append(shown + [(linear_to_srgb((hdr * 2.0**ev).clip(0, 1)), f"{name} at {ev:+g} EV") for ev in a.evs])
+    save_panels(panels, a.out, (10, 6.2), fontsize=8)
 
 
 if __name__ == "__main__":

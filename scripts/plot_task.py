@@ -16,13 +16,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", default="docs/task.png", help="PNG to write")
     a = p.parse_args()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     from diffhdr.color_mapping import linear_to_srgb
+    from diffhdr.plotting import save_panels
     from diffhdr.synthetic import DEMO_EXPOSURE, render_sky
 
     hdr = render_sky(192, 320, 0, seed=3) * DEMO_EXPOSURE
@@ -30,14 +27,7 @@ def main():
     panels = [(ldr, "8-bit input: the sun, its glow and the clouds clipped"),
               (linear_to_srgb((hdr * 2.0**-3).clip(0, 1)), "linear HDR at -3 EV: what the clip lost"),
               (linear_to_srgb((hdr * 2.0**6).clip(0, 1)), "linear HDR at +6 EV: the shade under the trees")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 2.7), dpi=100)
-    for ax, (img, title) in zip(axes, panels):
-        ax.imshow(img)
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(a.out)
-    print("wrote", a.out)
+    save_panels([panels], a.out, (12, 2.7))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def test_a_crash_with_loader_workers_alive_exits_with_its_trace():
 
 
 LIGHT_HELP = ["train.py", "inference.py", "evaluate.py", "scripts/baselines.py", "scripts/export_lora.py", "scripts/precompute_hdr_latents.py",
-              "scripts/eval_mini.py", "scripts/make_hdri_dataset.py", "scripts/demo.py", "scripts/generate_captions.py"]
+              "scripts/eval_mini.py", "scripts/make_hdri_dataset.py", "scripts/demo.py", "scripts/generate_captions.py",
+              "scripts/plot_mini.py"]
 PROBE = """
 import runpy, sys
 sys.argv = [sys.argv[1], "--help"]
