@@ -92,9 +92,8 @@ def main(argv=None):
         oracle = lin.copy()
         if clipped.any():
             oracle[clipped] = np.median(g[clipped], axis=0)
-        with torch.no_grad():
-            x = to_vae_range(log_gamma_encode(gt, defaults["gamma"], defaults["M"])).permute(1, 0, 2, 3)[None]
-            round_trip = latents_to_hdr(model, model.encode_video(x.to(device)), defaults["gamma"], defaults["M"])
+        x = to_vae_range(log_gamma_encode(gt, defaults["gamma"], defaults["M"])).permute(1, 0, 2, 3)[None]
+        round_trip = latents_to_hdr(model, model.encode_video(x.to(device)), defaults["gamma"], defaults["M"])
         methods = {"diffhdr-mini": pred.permute(0, 2, 3, 1).numpy(), "no expansion": lin, "oracle constant": oracle,
                    "akyuz2007 (peak 10)": BASELINES["akyuz"](ldr).permute(0, 2, 3, 1).numpy(),
                    "ground truth through the VAE": round_trip.permute(0, 2, 3, 1).numpy()}
