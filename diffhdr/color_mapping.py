@@ -72,6 +72,12 @@ def to_vae_range(y):
     return 2.0 * y - 1.0
 
 
+def to_vae_video(frames, gamma: float = 2.2, M: float = 1000.0):
+    """Linear frames (T, 3, H, W) -> what the VAE encodes, (3, T, H, W): Log-Gamma in [-1, 1]."""
+    v = to_vae_range(log_gamma_encode(frames, gamma, M))
+    return v.permute(1, 0, 2, 3) if _is_torch(v) else v.transpose(1, 0, 2, 3)
+
+
 def from_vae_range(v):
     """[-1, 1] VAE output -> [0, 1] code value. No upper clamp, as in the release."""
     return 0.5 * v + 0.5

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .color_mapping import log_gamma_encode, srgb_to_linear, to_vae_range
+from .color_mapping import srgb_to_linear, to_vae_range, to_vae_video
 from .config import AugmentationConfig, Config
 from .data_augmentation import draw_ev, grey_fill, synthesize_ldr
 from .errors import InputError
@@ -284,8 +284,8 @@ def condition_batch(batch: dict, cfg: Config, device) -> Conditioned:
             target, mask, shown = sample.hdr, combine(over, under, cfg.masks.use_under), sample.ldr
         if with_ref:  # the first target frame, linear: the release applies 2x - 1 and no Log-Gamma
             refs.append(to_vae_range(target[0]))
-        controls.append(to_vae_range(log_gamma_encode(srgb_to_linear(ldr), *gm)).permute(1, 0, 2, 3))
-        targets.append(to_vae_range(log_gamma_encode(target, *gm)).permute(1, 0, 2, 3))
+        controls.append(to_vae_video(srgb_to_linear(ldr), *gm))
+        targets.append(to_vae_video(target, *gm))
         masks.append(mask)
         ldrs.append(shown)
     cached = batch["latent"] is not None

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attention import CFAState, cfa_enabled, packed_text
-from .color_mapping import from_vae_range, log_gamma_decode, log_gamma_encode, srgb_to_linear, to_vae_range
+from .color_mapping import from_vae_range, log_gamma_decode, log_gamma_encode, srgb_to_linear, to_vae_range, to_vae_video
 from .config import MaskConfig
 from .mask_detection import combine, detect_masks, mask_to_latent, token_gates
 from .parallel import check_token_split
@@ -177,7 +177,7 @@ def prepare_conditioning(
         under = torch.zeros_like(under)
     mask = combine(over, under)
     ldr = torch.where(under[:, None] > 0.5, torch.full_like(frames, 0.5), frames)
-    control = to_vae_range(log_gamma_encode(srgb_to_linear(ldr), gamma, M)).permute(1, 0, 2, 3)[None]
+    control = to_vae_video(srgb_to_linear(ldr), gamma, M)[None]
     ref = None
     if reference is not None:
         # the release: white outside frame 0's mask, then +5 EV in linear before the log

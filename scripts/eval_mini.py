@@ -58,7 +58,7 @@ def main(argv=None):
 
     from diffhdr.baselines import BASELINES
     from diffhdr.checkpoint import model_defaults
-    from diffhdr.color_mapping import linear_to_srgb, log_gamma_encode, srgb_to_linear, to_vae_range
+    from diffhdr.color_mapping import linear_to_srgb, srgb_to_linear, to_vae_video
     from diffhdr.dataset import list_sequences, read_frames
     from diffhdr.metrics import clipped_pixels, stop_error
     from diffhdr.model import DiffHDRModel
@@ -92,7 +92,7 @@ def main(argv=None):
         oracle = lin.copy()
         if clipped.any():
             oracle[clipped] = np.median(g[clipped], axis=0)
-        x = to_vae_range(log_gamma_encode(gt, defaults["gamma"], defaults["M"])).permute(1, 0, 2, 3)[None]
+        x = to_vae_video(gt, defaults["gamma"], defaults["M"])[None]
         round_trip = latents_to_hdr(model, model.encode_video(x.to(device)), defaults["gamma"], defaults["M"])
         methods = {"diffhdr-mini": pred.permute(0, 2, 3, 1).numpy(), "no expansion": lin, "oracle constant": oracle,
                    "akyuz2007 (peak 10)": BASELINES["akyuz"](ldr).permute(0, 2, 3, 1).numpy(),

@@ -61,7 +61,7 @@ def main(argv=None):
     import torch
     from tqdm.auto import tqdm
 
-    from diffhdr.color_mapping import log_gamma_encode, to_vae_range
+    from diffhdr.color_mapping import to_vae_video
     from diffhdr.dataset import crop_offsets, latent_path, list_sequences, read_frames, resize_to_cover
     from diffhdr.io import atomic_path
     from diffhdr.model import DiffHDRModel
@@ -91,8 +91,8 @@ def main(argv=None):
         top, left = crop_offsets(frames.shape[-2], frames.shape[-1], h, w, None)  # centre, as training with a cache
         frames = frames[..., top : top + h, left : left + w]
         for s in tqdm(todo, desc=seq.name, leave=False):
-            clip = to_vae_range(log_gamma_encode(frames[s : s + a.clip_frames], a.gamma, a.M))
-            latent = model.encode_video(clip.permute(1, 0, 2, 3)[None].to(a.device))[0].cpu()
+            clip = to_vae_video(frames[s : s + a.clip_frames], a.gamma, a.M)
+            latent = model.encode_video(clip[None].to(a.device))[0].cpu()
             latent_path(seq, s).parent.mkdir(exist_ok=True)
             with atomic_path(latent_path(seq, s)) as tmp:
                 torch.save(latent.contiguous(), tmp)

@@ -51,6 +51,14 @@ def test_vae_range_and_luminance():
     assert cm.luminance(t, channel_axis=1).shape == (2, 4, 4)
 
 
+def test_vae_video_is_log_gamma_channels_first():
+    frames = np.random.default_rng(0).random((5, 3, 4, 6)).astype(np.float32) * 50  # (T, 3, H, W)
+    v = cm.to_vae_video(frames, 2.2, 1000.0)
+    assert v.shape == (3, 5, 4, 6)
+    assert v[2, 4, 1, 3] == pytest.approx(2 * cm.log_gamma_encode(frames[4, 2, 1, 3], 2.2, 1000.0) - 1)
+    assert np.allclose(cm.to_vae_video(torch.from_numpy(frames), 2.2, 1000.0).numpy(), v, atol=1e-6)
+
+
 def test_reinhard_is_global_and_bounded():
     rng = np.random.default_rng(0)
     video = rng.uniform(0, 100, (4, 8, 8, 3)).astype(np.float32)
