@@ -9,6 +9,11 @@ the DiT's own data path (diffhdr.dataset, the config's augmentation and masks): 
 mask. Loss: L1 + MSE of the reconstruction in [-1, 1], plus a small KL. At the end the latents'
 per-channel mean and std go into the VAE config (latents_mean / latents_std), so the DiT sees
 normalised latents, as with Wan's own VAE.
+
+--decoder_only goes on training the decoder of a VAE a DiT already learned through (a packaged
+model's vae/, say): the encoder, the latents and their statistics stay as they are, so the DiT
+still fits, and the decoder trains on the HDR targets alone, the only thing it decodes at inference.
+The VAE is saved in the precision it was stored in.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ def parse_args(argv):
                    help="clip size; T = inference's 33-frame window: Wan's VAE is causal, chunk by chunk, and one "
                         "trained on 9 frames decoded frames 13+ of a 33-frame clip 1-3 stops off")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW peak learning rate (cosine to a tenth)")
+    p.add_argument("--decoder_only", action="store_true",
+                   help="train the decoder alone, on HDR targets; the encoder and latent statistics stay")
     p.add_argument("--kl", type=float, default=1e-6, help="weight of the KL term")
     p.add_argument("--seed", type=int, default=0, help="seed of every draw")
     p.add_argument("--workers", type=int, default=8, help="data loader processes")
@@ -54,11 +61,14 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def vae_views(cond, g: torch.Generator) -> torch.Tensor:
+def vae_views(cond, g: torch.Generator, decoder_only: bool = False) -> torch.Tensor:
     """One clip (3, T, H, W) per sample of a conditioned batch, as the DiT's VAE will see it: the
-    HDR target (half the clips), else the inactive or the reactive half of the VACE context."""
+    HDR target (half the clips), else the inactive or the reactive half of the VACE context.
+    For the decoder alone, the target: the context is encoded, never decoded."""
     from diffhdr.model import context_halves
 
+    if decoder_only:
+        return cond.target
     views = torch.stack([cond.target, cond.target, *context_halves(cond.control, cond.mask)])
     pick = torch.randint(len(views), (len(cond.control),), generator=g)
     return views[pick, torch.arange(len(pick))]
@@ -82,6 +92,14 @@ def reconstruction_loss(vae, x, sample: bool, kl: float) -> torch.Tensor:
 
 
 @torch.no_grad()
+def stored_dtype(model_dir: Path) -> torch.dtype:
+    """The dtype of a saved model's first floating-point weight."""
+    from safetensors import safe_open
+
+    with safe_open(str(next(model_dir.glob("*.safetensors"))), "pt") as f:
+        return next(t.dtype for t in map(f.get_tensor, f.keys()) if t.is_floating_point())
+
+
 def validation_loss(vae, clips: torch.Tensor) -> float:
     vae.eval()
     loss = sum(reconstruction_loss(vae, c[None], False, 0.0).item() for c in clips) / len(clips)
@@ -102,8 +120,12 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     torch.backends.cudnn.benchmark = True  # a handful of conv shapes (the causal chunks), each tuned once
     vae_dir = Path(a.model_dir) / "vae"
+    save_dtype = stored_dtype(vae_dir)
     vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=torch.float32).to(device).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, weight_decay=0.0)
+    if a.decoder_only:  # the encoder's latents are what the DiT learned: they must not move
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=a.lr, weight_decay=0.0)
     plan = [a.steps]  # --minutes shortens it once the step rate is known
     # cosine to a tenth: a short run ends on small steps, which the reconstruction's last digits need
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s / plan[0], 1))))
@@ -111,7 +133,7 @@ def main(argv=None):
     g = torch.Generator().manual_seed(a.seed)
 
     def batch(source=loader, gen=g):
-        return vae_views(condition_batch(next(source), cfg, device), gen)
+        return vae_views(condition_batch(next(source), cfg, device), gen, a.decoder_only)
 
     val = None
     if a.val_root:  # 8 fixed held-out clips
@@ -151,14 +173,17 @@ def main(argv=None):
             break
     bar.close()
     vae.eval()
-    with torch.no_grad():  # latent statistics, for the normalisation the DiT sees
-        z = torch.cat([vae.encode(batch()).latent_dist.mode() for _ in range(8)])
-        dims = (0, 2, 3, 4)
-        vae.register_to_config(latents_mean=z.mean(dims).tolist(), latents_std=z.std(dims).clamp_min(1e-3).tolist())
-    vae.save_pretrained(vae_dir)
+    if not a.decoder_only:
+        with torch.no_grad():  # latent statistics, for the normalisation the DiT sees
+            z = torch.cat([vae.encode(batch()).latent_dist.mode() for _ in range(8)])
+            dims = (0, 2, 3, 4)
+            vae.register_to_config(latents_mean=z.mean(dims).tolist(),
+                                   latents_std=z.std(dims).clamp_min(1e-3).tolist())
+    # nn.Module's own to(): diffusers' warns of modules to keep in float32 even where the VAE lists none
+    torch.nn.Module.to(vae, save_dtype).save_pretrained(vae_dir)
     # what a script resuming a recipe checks (scripts/train_mini.sh): a run stopped early is saved but not done
-    (vae_dir / "train_vae.json").write_text(json.dumps({"steps_done": step, "steps": plan[0],
-                                                        "val_loss": held_out_loss}) + "\n")
+    (vae_dir / "train_vae.json").write_text(json.dumps({"steps_done": step, "steps": plan[0], "val_loss": held_out_loss,
+                                                        "decoder_only": a.decoder_only}) + "\n")
     log.info("saved %s (latent std %s)", vae_dir, [round(v, 3) for v in vae.config.latents_std])
 
 

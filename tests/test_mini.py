@@ -97,6 +97,27 @@ def test_packaged_model_runs_with_base_model_alone(mini_run, tmp_path):
     assert exr.shape == (40, 72, 3) and np.isfinite(exr).all() and (exr >= 0).all()
 
 
+def test_decoder_only_keeps_what_the_dit_learned(mini_run, tmp_path):
+    """train_vae.py --decoder_only on a packaged (half-precision) model: the decoder moves, the encoder
+    and the latent statistics the DiT was trained on stay, and the VAE is saved as half again."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    model = shutil.copytree(mini_run / "model", tmp_path / "model")
+    weights = model / "vae/diffusion_pytorch_model.safetensors"
+    before, config = load_file(weights), json.loads((model / "vae/config.json").read_text())
+    run_script("scripts/train_vae.py", "--model_dir", model, "--config", mini_run / "mini.yaml", "--decoder_only",
+               "--steps", 2, "--clip", 5, 32, 32, "--batch_size", 2, "--workers", 0, "--lr", 1e-3)
+    after = load_file(weights)
+    assert {v.dtype for v in after.values()} == {before["decoder.conv_in.weight"].dtype}
+    moved = {k for k in before if not np.array_equal(before[k].float().numpy(), after[k].float().numpy())}
+    assert moved and all(k.startswith(("decoder.", "post_quant_conv.")) for k in moved), sorted(moved)[:5]
+    config_after = json.loads((model / "vae/config.json").read_text())
+    assert config_after["latents_mean"] == config["latents_mean"] and config_after["latents_std"] == config["latents_std"]
+    assert json.loads((model / "vae/train_vae.json").read_text())["decoder_only"] is True
+
+
 def test_shipped_mini_recovers_clipped_highlights(tmp_path):
     """DiffHDR-mini as shipped (diffhdr/mini), through inference.py, on a landscape it never saw: inside
     the pixels the 8-bit clip lost, its HDR is closer to the truth than inverse sRGB. Every convention
