@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attention import CFAState, cfa_enabled, packed_text
-from .color_mapping import from_vae_range, log_gamma_decode, log_gamma_encode, srgb_to_linear, to_vae_range, to_vae_video
+from .color_mapping import (
+    from_vae_range, log_gamma_decode, log_gamma_encode, srgb_to_linear, to_vae_range, to_vae_video,
+)
 from .config import MaskConfig
 from .mask_detection import combine, detect_masks, mask_to_latent, token_gates
 from .parallel import check_token_split

@@ -91,7 +91,6 @@ def reconstruction_loss(vae, x, sample: bool, kl: float) -> torch.Tensor:
     return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + kl * post.kl().mean()
 
 
-@torch.no_grad()
 def stored_dtype(model_dir: Path) -> torch.dtype:
     """The dtype of a saved model's first floating-point weight."""
     from safetensors import safe_open
@@ -100,6 +99,7 @@ def stored_dtype(model_dir: Path) -> torch.dtype:
         return next(t.dtype for t in map(f.get_tensor, f.keys()) if t.is_floating_point())
 
 
+@torch.no_grad()
 def validation_loss(vae, clips: torch.Tensor) -> float:
     vae.eval()
     loss = sum(reconstruction_loss(vae, c[None], False, 0.0).item() for c in clips) / len(clips)

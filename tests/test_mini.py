@@ -114,7 +114,8 @@ def test_decoder_only_keeps_what_the_dit_learned(mini_run, tmp_path):
     moved = {k for k in before if not np.array_equal(before[k].float().numpy(), after[k].float().numpy())}
     assert moved and all(k.startswith(("decoder.", "post_quant_conv.")) for k in moved), sorted(moved)[:5]
     config_after = json.loads((model / "vae/config.json").read_text())
-    assert config_after["latents_mean"] == config["latents_mean"] and config_after["latents_std"] == config["latents_std"]
+    for key in ("latents_mean", "latents_std"):
+        assert config_after[key] == config[key], key
     assert json.loads((model / "vae/train_vae.json").read_text())["decoder_only"] is True
 
 
